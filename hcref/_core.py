@@ -100,8 +100,10 @@ def coeffs_vjp(
         g_a_alpha, g_a_beta = g_u_alpha * (1 - u_alpha**2), g_u_beta * (1 - u_beta**2)
     else:
         g_a_alpha, g_a_beta = g_u_alpha, g_u_beta
-    grads["W_alpha"] = np.einsum("...kw,...kc->wc", H_bar, g_a_alpha)
-    grads["W_beta"] = np.einsum("...kw,...k->w", H_bar, g_a_beta)
+    k, w = H.shape[-2:]
+    H_bar_tokens = H_bar.reshape(-1, k, w)
+    grads["W_alpha"] = np.einsum("tkw,tkc->wc", H_bar_tokens, g_a_alpha.reshape(-1, k, g_a_alpha.shape[-1]))
+    grads["W_beta"] = np.einsum("tkw,tk->w", H_bar_tokens, g_a_beta.reshape(-1, k))
     g_H_bar = g_a_alpha @ W_alpha.T + g_a_beta[..., None] * W_beta
     if use_norm:
         g_H, g_norm = apply_norm_vjp(norm, H, params, g_H_bar)
