@@ -1,0 +1,255 @@
+"""The ops of the hcref contract on torch tensors (functional, differentiable through autograd).
+
+Every function has the name, arguments, shapes and errors of the reference function of the
+same name in :mod:`hcref` (the specification; see its docstrings for the formulas). Inputs are
+checked with :mod:`hcref.validation`, so error messages are word for word the reference's.
+
+Precision (decision D12): float64 and float32 inputs are computed in their own dtype; for
+bfloat16/float16 inputs the coefficient path (norm, projections, tanh) and the mixing are
+accumulated in float32 and the results cast back. Autocast is switched off inside the ops so a
+surrounding ``torch.autocast`` region cannot lower that precision. The result dtype is the
+promotion of the input dtypes (the input dtype when they share one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from hcref import validation as v
+from hcref.norms import LAYERNORM_EPS, RMSNORM_EPS
+from hcref.validation import ArrayMeta
+
+Tensor = torch.Tensor
+
+_NAMES = {
+    torch.float64: "float64",
+    torch.float32: "float32",
+    torch.bfloat16: "bfloat16",
+    torch.float16: "float16",
+}
+_LOW = (torch.bfloat16, torch.float16)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``"float32"`` (other dtypes by their torch name without ``torch.``)."""
+    return _NAMES.get(dtype, str(dtype).removeprefix("torch."))
+
+
+def meta(name: str, x: Any) -> ArrayMeta:
+    """The :class:`hcref.validation.ArrayMeta` of a tensor; anything else is a ``TypeError``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    return ArrayMeta(tuple(x.shape), dtype_name(x.dtype), x.is_floating_point())
+
+
+def _param_metas(params: Any) -> dict[str, ArrayMeta]:
+    if not isinstance(params, Mapping):
+        return {}
+    return {key: meta(f"params[{key!r}]", value) for key, value in params.items()}
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype of D12: float32 for half types, the dtype itself otherwise."""
+    return torch.float32 if dtype in _LOW else dtype
+
+
+def _promote(*tensors: Tensor) -> torch.dtype:
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def _no_autocast(x: Tensor) -> AbstractContextManager[Any]:
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.autocast(device_type=device, enabled=False)
+    return nullcontext()
+
+
+# --- ends ---------------------------------------------------------------------------------
+
+
+def expand(x: Tensor, n: int) -> Tensor:
+    """See :func:`hcref.expand`. Shapes: x (..., d) -> H (..., n, d) (a contiguous copy)."""
+    v.check_expand(meta("x", x), n)
+    return x.unsqueeze(-2).expand(*x.shape[:-1], n, x.shape[-1]).contiguous()
+
+
+def reduce(H: Tensor) -> Tensor:
+    """See :func:`hcref.reduce`. Shapes: H (..., n, d) -> x (..., d)."""
+    v.check_reduce(meta("H", H))
+    return H.sum(dim=-2)
+
+
+def frac_split(x: Tensor, m: int) -> Tensor:
+    """See :func:`hcref.frac_split`. Shapes: x (..., d) -> H (..., m, e)."""
+    v.check_frac_split(meta("x", x), m)
+    return x.reshape(*x.shape[:-1], m, x.shape[-1] // m)
+
+
+def frac_merge(H: Tensor) -> Tensor:
+    """See :func:`hcref.frac_merge`. Shapes: H (..., m, e) -> x (..., m*e)."""
+    v.check_frac_merge(meta("H", H))
+    return H.reshape(*H.shape[:-2], H.shape[-2] * H.shape[-1])
+
+
+# --- shared coefficient and mixing math (hcref._core) -----------------------------------------
+
+
+def _coeffs(
+    H: Tensor,
+    static_alpha: Tensor,
+    static_beta: Tensor,
+    params: Mapping[str, Tensor],
+    *,
+    dynamic: bool,
+    norm: str,
+    use_tanh: bool,
+    use_norm: bool,
+    use_scale: bool,
+) -> tuple[Tensor, Tensor]:
+    """See ``hcref._core.coeffs``. H (..., k, w) -> alpha (..., k, c), beta (..., k).
+
+    The two projections run as one matmul against ``[W_alpha | W_beta]`` (w, c+1).
+    """
+    out_dtype = _promote(H, *params.values())
+    ct = _compute_dtype(out_dtype)
+    lead = H.shape[:-2]
+    if not dynamic:
+        alpha = static_alpha.to(out_dtype).expand(*lead, *static_alpha.shape)
+        beta = static_beta.to(out_dtype).expand(*lead, *static_beta.shape)
+        return alpha, beta
+    with _no_autocast(H):
+        x = H.to(ct)
+        w = H.shape[-1]
+        if use_norm and norm == "layernorm":
+            x = F.layer_norm(x, (w,), params["norm_weight"].to(ct), params["norm_bias"].to(ct), LAYERNORM_EPS)
+        elif use_norm and norm == "rmsnorm":
+            x = F.rms_norm(x, (w,), params["norm_weight"].to(ct), RMSNORM_EPS)
+        W = torch.cat([params["W_alpha"].to(ct), params["W_beta"].to(ct).unsqueeze(-1)], dim=-1)
+        u = x @ W  # (..., k, c+1)
+        if use_tanh:
+            u = torch.tanh(u)
+        c = static_alpha.shape[-1]
+        u_alpha, u_beta = u[..., :c], u[..., c]
+        if use_scale:
+            alpha = torch.addcmul(static_alpha.to(ct), params["s_alpha"].to(ct), u_alpha)
+            beta = torch.addcmul(static_beta.to(ct), params["s_beta"].to(ct), u_beta)
+        else:
+            alpha = u_alpha + static_alpha.to(ct)
+            beta = u_beta + static_beta.to(ct)
+    return alpha.to(out_dtype), beta.to(out_dtype)
+
+
+def _mix(H: Tensor, alpha: Tensor) -> Tensor:
+    """``mix = alpha^T H`` (see ``hcref._core.mix``): H (..., k, w), alpha (..., k, c) -> (..., c, w)."""
+    out_dtype = _promote(H, alpha)
+    ct = _compute_dtype(out_dtype)
+    with _no_autocast(H):
+        mixed = torch.matmul(alpha.to(ct).transpose(-1, -2), H.to(ct))
+    return mixed.to(out_dtype)
+
+
+def _coeff_check(family: str, H: Any, params: Any, norm: Any, use_tanh: Any, use_norm: Any, use_scale: Any) -> bool:
+    metas = _param_metas(params)
+    _, _, dynamic = v.check_coeffs(family, meta("H", H), params, metas, norm, use_tanh, use_norm, use_scale)
+    return dynamic
+
+
+# --- HC -------------------------------------------------------------------------------------
+
+
+def hc_coeffs(
+    H: Tensor,
+    params: Mapping[str, Tensor],
+    *,
+    norm: str = "layernorm",
+    use_tanh: bool = True,
+    use_norm: bool = True,
+    use_scale: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """See :func:`hcref.hc_coeffs`. Shapes: H (..., n, d) -> alpha (..., n, n+1), beta (..., n)."""
+    dynamic = _coeff_check("hc", H, params, norm, use_tanh, use_norm, use_scale)
+    static_alpha = torch.cat([params["A_m"].unsqueeze(-1), params["A_r"]], dim=-1)
+    return _coeffs(
+        H, static_alpha, params["B"], params,
+        dynamic=dynamic, norm=norm, use_tanh=use_tanh, use_norm=use_norm, use_scale=use_scale,
+    )
+
+
+def hc_width(H: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
+    """See :func:`hcref.hc_width`. Shapes: H (..., n, d), alpha (..., n, n+1) -> h0 (..., d), H_res (..., n, d).
+
+    Both results are views of one mixed tensor (..., n+1, d).
+    """
+    v.check_width("hc", meta("H", H), meta("alpha", alpha))
+    mixed = _mix(H, alpha)
+    return mixed[..., 0, :], mixed[..., 1:, :]
+
+
+def hc_depth(y: Tensor, H_res: Tensor, beta: Tensor) -> Tensor:
+    """See :func:`hcref.hc_depth`. Shapes: y (..., d), H_res (..., n, d), beta (..., n) -> H_out (..., n, d)."""
+    v.check_depth("hc", meta("y", y), meta("H_res", H_res), meta("beta", beta))
+    return _write(y.unsqueeze(-2), H_res, beta)
+
+
+def _write(y: Tensor, H_res: Tensor, beta: Tensor) -> Tensor:
+    """``H_out = beta[..., None] * y + H_res`` with y broadcastable to H_res, in the promoted dtype."""
+    out_dtype = _promote(y, H_res, beta)
+    return torch.addcmul(H_res.to(out_dtype), beta.to(out_dtype).unsqueeze(-1), y.to(out_dtype))
+
+
+# --- FC -------------------------------------------------------------------------------------
+
+
+def fc_coeffs(
+    H: Tensor,
+    params: Mapping[str, Tensor],
+    *,
+    norm: str = "layernorm",
+    use_tanh: bool = True,
+    use_norm: bool = True,
+    use_scale: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """See :func:`hcref.fc_coeffs`. Shapes: H (..., m, e) -> alpha (..., m, 2m), beta (..., m)."""
+    dynamic = _coeff_check("fc", H, params, norm, use_tanh, use_norm, use_scale)
+    static_alpha = torch.cat([params["Y"], params["A"]], dim=-1)
+    return _coeffs(
+        H, static_alpha, params["B"], params,
+        dynamic=dynamic, norm=norm, use_tanh=use_tanh, use_norm=use_norm, use_scale=use_scale,
+    )
+
+
+def fc_width(H: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
+    """See :func:`hcref.fc_width`. Shapes: H (..., m, e), alpha (..., m, 2m) -> h0 (..., m*e), H_res (..., m, e)."""
+    m, e = v.check_width("fc", meta("H", H), meta("alpha", alpha))
+    mixed = _mix(H, alpha)
+    return mixed[..., :m, :].reshape(*H.shape[:-2], m * e), mixed[..., m:, :]
+
+
+def fc_depth(y: Tensor, H_res: Tensor, beta: Tensor) -> Tensor:
+    """See :func:`hcref.fc_depth`. Shapes: y (..., m*e), H_res (..., m, e), beta (..., m) -> H_out (..., m, e)."""
+    v.check_depth("fc", meta("y", y), meta("H_res", H_res), meta("beta", beta))
+    return _write(y.reshape(H_res.shape), H_res, beta)
+
+
+__all__ = [
+    "dtype_name",
+    "expand",
+    "fc_coeffs",
+    "fc_depth",
+    "fc_width",
+    "frac_merge",
+    "frac_split",
+    "hc_coeffs",
+    "hc_depth",
+    "hc_width",
+    "meta",
+    "reduce",
+]

@@ -1,0 +1,154 @@
+"""Speed of one dynamic HC site in PyTorch: hcref_torch (eager, compiled) against the plain residual
+and lucidrains' ``hyper_connections``, timed in one process, interleaved (each repetition runs every
+candidate once, in turn), medians reported.
+
+    python benchmarks/bench_torch.py            # n=4, 4096 tokens, d=1024, float32
+    python benchmarks/bench_torch.py --quick    # tiny shapes, 1 repetition (a smoke run)
+
+Site: H (tokens, n, d) -> H_out with a branch ``identity`` or ``mlp`` (d -> 4d -> d, GELU).
+hcref_torch runs with ``norm="rmsnorm"`` to match lucidrains' RMSNorm (which has no eps under
+its L2 normalisation, and a learned gain ``gamma + 1``); both compute tanh dynamic alpha and
+beta with scales. "fwd" is the forward under ``torch.no_grad()``; "fwd+bwd" is the forward and
+``backward`` of ``sum(H_out * G)`` with gradients for H, the site's and the branch's parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import hcref_torch
+import torch
+from torch import nn
+
+
+def _lucidrains(n: int, d: int, branch: nn.Module) -> nn.Module:
+    from hyper_connections import HyperConnections as LucidHC
+
+    return LucidHC(n, dim=d, branch=branch, layer_index=1, tanh=True)
+
+
+def _randomise(hc: hcref_torch.HyperConnections, lucid: nn.Module | None, seed: int) -> None:
+    """Non-trivial dynamic weights, the same in both implementations (so outputs can be compared)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key in ("W_alpha", "W_beta"):
+            p = getattr(hc, key)
+            p.copy_(torch.randn(p.shape, generator=g) / p.shape[0] ** 0.5)
+        if lucid is not None:
+            lucid.dynamic_alpha_fn.copy_(hc.W_alpha)
+            lucid.dynamic_beta_fn.copy_(hc.W_beta)
+            lucid.static_alpha.copy_(torch.cat([hc.A_m[:, None], hc.A_r], dim=1))
+
+
+def build(n: int, tokens: int, d: int, branch_kind: str, seed: int) -> dict[str, Callable[[], torch.Tensor]]:
+    """The candidates as closures returning H_out in hcref's layout (tokens, n, d)."""
+    torch.manual_seed(seed)
+    if branch_kind == "mlp":
+        branch: nn.Module = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+    else:
+        branch = nn.Identity()
+    hc = hcref_torch.HyperConnections(n, d, layer_index=1, norm="rmsnorm")
+    lucid = _lucidrains(n, d, branch)
+    _randomise(hc, lucid, seed)
+    H = torch.randn(1, tokens, n, d)
+    H_lucid = H.permute(0, 2, 1, 3).reshape(n, tokens, d).contiguous()  # '(b s) t d'
+    x = H.sum(dim=-2)
+    for t in (H, H_lucid, x):
+        t.requires_grad_(True)
+
+    def site(H: torch.Tensor) -> torch.Tensor:
+        return hc(H, branch)
+
+    compiled = torch.compile(site)
+
+    def lucid_run() -> torch.Tensor:
+        return lucid(H_lucid).reshape(1, n, tokens, d).permute(0, 2, 1, 3)
+
+    return {
+        "residual": lambda: x + branch(x),
+        "hcref eager": lambda: site(H),
+        "hcref compiled": lambda: compiled(H),
+        "lucidrains": lucid_run,
+    }
+
+
+def _time(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run(n: int, tokens: int, d: int, reps: int, warmup: int, seed: int) -> dict[tuple[str, str, str], float]:
+    medians: dict[tuple[str, str, str], float] = {}
+    for branch_kind in ("identity", "mlp"):
+        cands = build(n, tokens, d, branch_kind, seed)
+        with torch.no_grad():
+            ref = cands["hcref eager"]()
+            for name in ("hcref compiled", "lucidrains"):
+                err = (cands[name]() - ref).abs().max().item() / ref.abs().max().item()
+                print(f"[{branch_kind}] max |{name} - hcref eager| / max |hcref eager| = {err:.2e}")
+        grads = {name: torch.randn_like(f().detach()) for name, f in cands.items()}
+
+        def fwd(f: Callable[[], torch.Tensor]) -> Callable[[], object]:
+            def go() -> object:
+                with torch.no_grad():
+                    return f()
+
+            return go
+
+        def fwd_bwd(f: Callable[[], torch.Tensor], G: torch.Tensor) -> Callable[[], object]:
+            def go() -> object:
+                (f() * G).sum().backward()
+                return None
+
+            return go
+
+        for mode in ("fwd", "fwd+bwd"):
+            jobs = {name: fwd(f) if mode == "fwd" else fwd_bwd(f, grads[name]) for name, f in cands.items()}
+            for job in jobs.values():
+                for _ in range(warmup):
+                    job()
+            times: dict[str, list[float]] = {name: [] for name in jobs}
+            for _ in range(reps):
+                for name, job in jobs.items():
+                    times[name].append(_time(job))
+            for name, ts in times.items():
+                medians[(branch_kind, mode, name)] = statistics.median(ts)
+    return medians
+
+
+def report(medians: dict[tuple[str, str, str], float]) -> None:
+    print(f"\n{'branch':9} {'mode':8} {'candidate':15} {'median ms':>10} {'vs residual':>12} {'lucidrains/x':>13}")
+    for (branch_kind, mode, name), t in medians.items():
+        base = medians[(branch_kind, mode, "residual")]
+        lucid = medians[(branch_kind, mode, "lucidrains")]
+        print(f"{branch_kind:9} {mode:8} {name:15} {1e3 * t:10.2f} {t / base:11.2f}x {lucid / t:12.2f}x")
+    print("\n'vs residual': time / plain residual time; 'lucidrains/x': lucidrains time / this time (>1: faster).")
+
+
+def main(argv: list[str] | None = None) -> dict[tuple[str, str, str], float]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, 1 repetition (smoke run)")
+    parser.add_argument("--n", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--d", type=int, default=1024)
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.tokens, args.d, args.reps, args.warmup = 16, 32, 1, 1
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"n={args.n} tokens={args.tokens} d={args.d} float32, reps={args.reps}"
+    )
+    medians = run(args.n, args.tokens, args.d, args.reps, args.warmup, args.seed)
+    report(medians)
+    return medians
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""hcref_torch's functional ops against the NumPy reference: forward, autograd against the
+reference's hand-derived ``<op>_vjp``, the half-precision policy (D12), and input errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import hcref_torch  # noqa: E402
+from hcref_torch import backend  # noqa: E402
+
+import hcref  # noqa: E402
+from hcref.optable import OPS  # noqa: E402
+
+RNG_SEEDS = (0, 1, 2)
+
+
+def _params(family: str, k: int, d: int, rng: np.random.Generator, *, dynamic: bool, norm: str) -> dict[str, Any]:
+    init = hcref.init_hc(k, d, 2, dynamic=dynamic, norm=norm) if family == "hc" else hcref.init_fc(
+        k, d, dynamic=dynamic, norm=norm
+    )
+    return {key: value + 0.3 * rng.normal(size=value.shape) for key, value in init.items()}
+
+
+def _cases(seed: int) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+    """(op name, inputs, options) for every op of the contract, random float64 values."""
+    rng = np.random.default_rng(seed)
+    lead = ((2, 3), (5,), ())[seed % 3]
+    n, m, e = (4, 2, 3) if seed % 2 else (3, 3, 2)
+    d = m * e
+    norm = ("layernorm", "rmsnorm", "none")[seed % 3]
+    switches = {"use_tanh": seed != 1, "use_norm": seed != 2, "use_scale": seed != 0}
+    opts = {"norm": norm, **switches}
+    r = rng.normal
+    return [
+        ("expand", (r(size=(*lead, d)), n), {}),
+        ("reduce", (r(size=(*lead, n, d)),), {}),
+        ("frac_split", (r(size=(*lead, d)), m), {}),
+        ("frac_merge", (r(size=(*lead, m, e)),), {}),
+        ("hc_coeffs", (r(size=(*lead, n, d)), _params("hc", n, d, rng, dynamic=True, norm=norm)), opts),
+        ("hc_coeffs", (r(size=(*lead, n, d)), _params("hc", n, d, rng, dynamic=False, norm=norm)), {}),
+        ("hc_width", (r(size=(*lead, n, d)), r(size=(*lead, n, n + 1))), {}),
+        ("hc_depth", (r(size=(*lead, d)), r(size=(*lead, n, d)), r(size=(*lead, n))), {}),
+        ("fc_coeffs", (r(size=(*lead, m, e)), _params("fc", m, d, rng, dynamic=True, norm=norm)), opts),
+        ("fc_coeffs", (r(size=(*lead, m, e)), _params("fc", m, d, rng, dynamic=False, norm=norm)), {}),
+        ("fc_width", (r(size=(*lead, m, e)), r(size=(*lead, m, 2 * m))), {}),
+        ("fc_depth", (r(size=(*lead, d)), r(size=(*lead, m, e)), r(size=(*lead, m))), {}),
+    ]
+
+
+def _to_torch(x: Any, dtype: Any = None) -> Any:
+    dtype = dtype or torch.float64
+    if isinstance(x, dict):
+        return {key: torch.tensor(value, dtype=dtype) for key, value in x.items()}
+    if isinstance(x, np.ndarray):
+        return torch.tensor(x, dtype=dtype)
+    return x
+
+
+def _outs(x: Any) -> tuple[Any, ...]:
+    return x if isinstance(x, tuple) else (x,)
+
+
+ALL_CASES = [case for seed in RNG_SEEDS for case in _cases(seed)]
+IDS = [f"{name}-{i}" for i, (name, _, _) in enumerate(ALL_CASES)]
+
+
+@pytest.mark.parametrize(("name", "inputs", "options"), ALL_CASES, ids=IDS)
+def test_forward_matches_reference(name: str, inputs: tuple[Any, ...], options: dict[str, Any]) -> None:
+    expected = _outs(getattr(hcref, name)(*inputs, **options))
+    got = _outs(getattr(hcref_torch, name)(*(_to_torch(x) for x in inputs), **options))
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g.dtype == torch.float64
+        assert tuple(g.shape) == e.shape
+        np.testing.assert_allclose(g.numpy(), e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("name", "inputs", "options"), ALL_CASES, ids=IDS)
+def test_vjp_matches_reference(name: str, inputs: tuple[Any, ...], options: dict[str, Any]) -> None:
+    spec = OPS[name]
+    rng = np.random.default_rng(7)
+    outs = _outs(getattr(hcref, name)(*inputs, **options))
+    cots = [rng.normal(size=o.shape) for o in outs]
+    expected = getattr(hcref, spec.vjp_name)(*inputs, *cots, **options)
+    diff_idx = [spec.inputs.index(arg) for arg in spec.differentiable]
+    t_inputs = [_to_torch(x) for x in inputs]
+
+    def fn(*primals: Any) -> Any:
+        args = list(t_inputs)
+        for i, p in zip(diff_idx, primals):
+            args[i] = p
+        return getattr(hcref_torch, name)(*args, **options)
+
+    got = backend.vjp(fn, [t_inputs[i] for i in diff_idx], [torch.tensor(c) for c in cots])
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        if isinstance(e, dict):
+            assert set(g) == set(e)
+            for key in e:
+                np.testing.assert_allclose(g[key].numpy(), e[key], rtol=1e-10, atol=1e-12, err_msg=key)
+        else:
+            np.testing.assert_allclose(g.numpy(), e, rtol=1e-10, atol=1e-12)
+
+
+def test_vjp_gives_zeros_for_unused_primals_and_checks_cotangents() -> None:
+    x = torch.randn(3, 4, dtype=torch.float64)
+    unused = torch.randn(2, dtype=torch.float64)
+    g_x, g_unused = backend.vjp(lambda a, b: hcref_torch.expand(a, 2), [x, unused], [torch.ones(3, 2, 4)])
+    assert torch.equal(g_x, torch.full((3, 4), 2.0, dtype=torch.float64))
+    assert torch.equal(g_unused, torch.zeros(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="cotangents: expected 1 arrays"):
+        backend.vjp(lambda a: hcref_torch.expand(a, 2), [x], [torch.ones(3, 2, 4), torch.ones(1)])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_accumulate_in_float32(dtype: Any) -> None:
+    """D12: the mixing of half inputs is float32-accumulated then rounded once, so it equals the
+    float64 reference on the same (rounded) values rounded to the half dtype, up to one rounding."""
+    rng = np.random.default_rng(3)
+    n, d = 4, 64
+    H = torch.tensor(rng.normal(size=(32, n, d))).to(dtype)
+    alpha = torch.tensor(rng.normal(size=(32, n, n + 1))).to(dtype)
+    h0, H_res = hcref_torch.hc_width(H, alpha)
+    assert h0.dtype == dtype and H_res.dtype == dtype
+    ref_h0, ref_res = hcref.hc_width(H.double().numpy(), alpha.double().numpy())
+    for got, ref in ((h0, ref_h0), (H_res, ref_res)):
+        ref_rounded = torch.tensor(ref).to(dtype).double()
+        ulp = torch.finfo(dtype).eps * ref_rounded.abs().clamp_min(1e-3)
+        assert bool(((got.double() - ref_rounded).abs() <= ulp + 1e-30).all())
+
+    params = _to_torch(_params("hc", n, d, rng, dynamic=True, norm="layernorm"), dtype)
+    alpha2, beta2 = hcref_torch.hc_coeffs(H, params)
+    assert alpha2.dtype == dtype and beta2.dtype == dtype
+    ref_a, ref_b = hcref.hc_coeffs(H.double().numpy(), {k: v.double().numpy() for k, v in params.items()})
+    tol = 2 * torch.finfo(dtype).eps
+    np.testing.assert_allclose(alpha2.double().numpy(), ref_a, rtol=tol, atol=tol)
+    np.testing.assert_allclose(beta2.double().numpy(), ref_b, rtol=tol, atol=tol)
+
+
+def _bad_cases() -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+    rng = np.random.default_rng(0)
+    r = rng.normal
+    p_hc = hcref.init_hc(3, 4, 0)
+    p_fc = hcref.init_fc(2, 6)
+    missing = {k: v for k, v in p_hc.items() if k != "W_beta"}
+    extra = {**p_fc, "gamma": np.ones(3)}
+    wrong_shape = {**p_hc, "W_alpha": np.zeros((4, 3))}
+    return [
+        ("expand", (r(size=(2, 4)), 0), {}),
+        ("expand", (r(size=(2, 4)), True), {}),
+        ("expand", (r(size=(2, 4)), 2.0), {}),
+        ("expand", (np.ones((2, 4), dtype=np.int64), 2), {}),
+        ("expand", (np.asarray(1.0), 2), {}),
+        ("reduce", (r(size=(4,)),), {}),
+        ("frac_split", (r(size=(2, 5)), 2), {}),
+        ("frac_merge", (r(size=(5,)),), {}),
+        ("hc_width", (r(size=(2, 3, 4)), r(size=(2, 3, 3))), {}),
+        ("hc_width", (r(size=(2, 3, 4)), r(size=(1, 3, 4))), {}),
+        ("hc_depth", (r(size=(2, 5)), r(size=(2, 3, 4)), r(size=(2, 3))), {}),
+        ("hc_depth", (r(size=(2, 4)), r(size=(2, 3, 4)), r(size=(2, 2))), {}),
+        ("fc_width", (r(size=(2, 3)), r(size=(2, 3))), {}),
+        ("fc_depth", (r(size=(2, 5)), r(size=(2, 2, 3)), r(size=(2, 2))), {}),
+        ("hc_coeffs", (r(size=(5, 3, 4)), missing), {}),
+        ("hc_coeffs", (r(size=(5, 3, 4)), wrong_shape), {}),
+        ("hc_coeffs", (r(size=(5, 3, 4)), p_hc), {"norm": "batchnorm"}),
+        ("hc_coeffs", (r(size=(5, 3, 4)), p_hc), {"use_tanh": 1}),
+        ("hc_coeffs", (r(size=(5, 3, 4)), p_hc), {"norm": "rmsnorm"}),
+        ("hc_coeffs", (r(size=(4,)), p_hc), {}),
+        ("fc_coeffs", (r(size=(5, 2, 3)), extra), {}),
+        ("fc_coeffs", (r(size=(5, 2, 3)), [1, 2]), {}),
+    ]
+
+
+@pytest.mark.parametrize(("name", "inputs", "options"), _bad_cases(), ids=lambda x: x if isinstance(x, str) else "")
+def test_bad_inputs_raise_the_reference_errors(name: str, inputs: tuple[Any, ...], options: dict[str, Any]) -> None:
+    with pytest.raises((ValueError, TypeError)) as ref:
+        getattr(hcref, name)(*inputs, **options)
+    t_inputs = [
+        torch.from_numpy(x) if isinstance(x, np.ndarray) else _to_torch(x) if isinstance(x, dict) else x for x in inputs
+    ]
+    with pytest.raises(ref.type) as got:
+        getattr(hcref_torch, name)(*t_inputs, **options)
+    assert str(got.value) == str(ref.value)
+
+
+def test_non_tensor_input_names_the_argument() -> None:
+    with pytest.raises(TypeError, match=r"^H: expected a torch.Tensor, got ndarray$"):
+        hcref_torch.reduce(np.ones((2, 3)))  # type: ignore[arg-type]
+
+
+def test_backend_satisfies_the_interface() -> None:
+    from hcref.interface import Backend, missing_members
+
+    assert missing_members(backend) == []
+    assert isinstance(backend, Backend)
+    assert ("cpu", "bfloat16") in backend.capabilities()
+    x = np.array([1.0, 1.0 + 2.0**-10, 3.5])
+    t = backend.asarray(x, "bfloat16", "cpu")
+    assert backend.dtype_name(t) == "bfloat16"
+    back = backend.to_numpy(t)
+    assert back.dtype == np.float32
+    np.testing.assert_array_equal(back, np.array([1.0, 1.0, 3.5], dtype=np.float32))
+    assert backend.dtype_name(backend.asarray(x, "float64", "cpu")) == "float64"
+    with pytest.raises(ValueError, match="device/dtype"):
+        backend.asarray(x, "int8", "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_matches_cpu() -> None:
+    rng = np.random.default_rng(0)
+    H = rng.normal(size=(8, 4, 16))
+    params = _params("hc", 4, 16, rng, dynamic=True, norm="layernorm")
+    cpu = hcref_torch.hc_coeffs(_to_torch(H), _to_torch(params))
+    cuda = hcref_torch.hc_coeffs(_to_torch(H).cuda(), {k: v.cuda() for k, v in _to_torch(params).items()})
+    for a, b in zip(cpu, cuda):
+        torch.testing.assert_close(a, b.cpu())
