@@ -65,6 +65,10 @@ def _promote(*tensors: Tensor) -> torch.dtype:
     return dtype
 
 
+def _apply(fn: type[torch.autograd.Function], *args: Any) -> Any:
+    return fn.apply(*args)  # type: ignore[no-untyped-call]
+
+
 def _no_autocast(x: Tensor) -> AbstractContextManager[Any]:
     device = x.device.type
     if torch.is_autocast_enabled(device):
@@ -128,12 +132,16 @@ def _coeffs(
     with _no_autocast(H):
         x = H.to(ct)
         w = H.shape[-1]
-        if use_norm and norm == "layernorm":
-            x = F.layer_norm(x, (w,), params["norm_weight"].to(ct), params["norm_bias"].to(ct), LAYERNORM_EPS)
-        elif use_norm and norm == "rmsnorm":
-            x = F.rms_norm(x, (w,), params["norm_weight"].to(ct), RMSNORM_EPS)
         W = torch.cat([params["W_alpha"].to(ct), params["W_beta"].to(ct).unsqueeze(-1)], dim=-1)
-        u = x @ W  # (..., k, c+1)
+        if use_norm and norm == "rmsnorm":
+            # rmsnorm(x) W = r * (x (diag(weight) W)) with r = (mean(x^2) + eps)^(-1/2) per row:
+            # the normalised H is never materialised (one reduction pass and one matmul pass over H).
+            r = torch.rsqrt(_apply(_SumSquares, x) / w + RMSNORM_EPS)
+            u = r * (x @ (params["norm_weight"].to(ct).unsqueeze(-1) * W))
+        else:
+            if use_norm and norm == "layernorm":
+                x = F.layer_norm(x, (w,), params["norm_weight"].to(ct), params["norm_bias"].to(ct), LAYERNORM_EPS)
+            u = x @ W  # (..., k, c+1)
         if use_tanh:
             u = torch.tanh(u)
         c = static_alpha.shape[-1]
@@ -147,13 +155,58 @@ def _coeffs(
     return alpha.to(out_dtype), beta.to(out_dtype)
 
 
-def _mix(H: Tensor, alpha: Tensor) -> Tensor:
-    """``mix = alpha^T H`` (see ``hcref._core.mix``): H (..., k, w), alpha (..., k, c) -> (..., c, w)."""
+class _SumSquares(torch.autograd.Function):
+    """``sum(x^2)`` over the last axis (keepdim) in one reduction pass; VJP ``2 g x``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        norm: Tensor = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        return norm.square()
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> Tensor:
+        x: Tensor = ctx.saved_tensors[0]
+        return x * (2 * g)
+
+
+def _mix(H: Tensor, alpha: Tensor, split: int) -> tuple[Tensor, Tensor]:
+    """``mix = alpha^T H`` (see ``hcref._core.mix``) split into rows ``[:split]`` and ``[split:]``.
+
+    Shapes: H (..., k, w), alpha (..., k, c) -> (..., split, w), (..., c - split, w).
+    """
     out_dtype = _promote(H, alpha)
     ct = _compute_dtype(out_dtype)
     with _no_autocast(H):
-        mixed = torch.matmul(alpha.to(ct).transpose(-1, -2), H.to(ct))
-    return mixed.to(out_dtype)
+        first, rest = _apply(_Mix, H.to(ct), alpha.to(ct), split)
+    return first.to(out_dtype), rest.to(out_dtype)
+
+
+class _Mix(torch.autograd.Function):
+    """``mix = alpha^T H`` split after row ``split``, with the reference's VJP (``hcref._core.mix_vjp``):
+    ``g_H = alpha g_mix``, ``g_alpha = H g_mix^T``, ``g_mix = [g_first ; g_rest]``. One batched matmul
+    each way; no zero-filled gradient buffers for the two views."""
+
+    @staticmethod
+    def forward(ctx: Any, H: Tensor, alpha: Tensor, split: int) -> tuple[Tensor, Tensor]:
+        ctx.save_for_backward(H, alpha)
+        ctx.split = split
+        mixed = torch.matmul(alpha.transpose(-1, -2), H)
+        return mixed[..., :split, :], mixed[..., split:, :]
+
+    @staticmethod
+    def backward(ctx: Any, g_first: Tensor | None, g_rest: Tensor | None) -> tuple[Tensor | None, Tensor | None, None]:
+        H, alpha = ctx.saved_tensors
+        c, w = alpha.shape[-1], H.shape[-1]
+        lead = H.shape[:-2]
+        if g_first is None:
+            g_first = H.new_zeros(*lead, ctx.split, w)
+        if g_rest is None:
+            g_rest = H.new_zeros(*lead, c - ctx.split, w)
+        g_mix = torch.cat([g_first, g_rest], dim=-2)
+        g_H = torch.matmul(alpha, g_mix) if ctx.needs_input_grad[0] else None
+        g_alpha = torch.matmul(H, g_mix.transpose(-1, -2)) if ctx.needs_input_grad[1] else None
+        return g_H, g_alpha, None
 
 
 def _coeff_check(family: str, H: Any, params: Any, norm: Any, use_tanh: Any, use_norm: Any, use_scale: Any) -> bool:
@@ -189,8 +242,8 @@ def hc_width(H: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
     Both results are views of one mixed tensor (..., n+1, d).
     """
     v.check_width("hc", meta("H", H), meta("alpha", alpha))
-    mixed = _mix(H, alpha)
-    return mixed[..., 0, :], mixed[..., 1:, :]
+    first, H_res = _mix(H, alpha, 1)
+    return first.squeeze(-2), H_res
 
 
 def hc_depth(y: Tensor, H_res: Tensor, beta: Tensor) -> Tensor:
@@ -202,7 +255,34 @@ def hc_depth(y: Tensor, H_res: Tensor, beta: Tensor) -> Tensor:
 def _write(y: Tensor, H_res: Tensor, beta: Tensor) -> Tensor:
     """``H_out = beta[..., None] * y + H_res`` with y broadcastable to H_res, in the promoted dtype."""
     out_dtype = _promote(y, H_res, beta)
-    return torch.addcmul(H_res.to(out_dtype), beta.to(out_dtype).unsqueeze(-1), y.to(out_dtype))
+    out: Tensor = _apply(_Write, y.to(out_dtype), H_res.to(out_dtype), beta.to(out_dtype))
+    return out
+
+
+class _Write(torch.autograd.Function):
+    """``H_out = beta[..., None] * y + H_res`` (y (..., 1 or k, w)) with the reference's VJP
+    (``hcref.hc_depth_vjp`` / ``hcref.fc_depth_vjp``) as contractions, without materialising ``g * y``."""
+
+    @staticmethod
+    def forward(ctx: Any, y: Tensor, H_res: Tensor, beta: Tensor) -> Tensor:
+        ctx.save_for_backward(y, beta)
+        return torch.addcmul(H_res, beta.unsqueeze(-1), y)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        y, beta = ctx.saved_tensors
+        g_y = g_beta = None
+        if y.shape[-2] == 1:  # HC: one y written to every stream
+            if ctx.needs_input_grad[0]:
+                g_y = torch.matmul(beta.unsqueeze(-2), g)
+            if ctx.needs_input_grad[2]:
+                g_beta = torch.matmul(g, y.transpose(-1, -2)).squeeze(-1)
+        else:  # FC: fraction j of y to fraction j of the state
+            if ctx.needs_input_grad[0]:
+                g_y = beta.unsqueeze(-1) * g
+            if ctx.needs_input_grad[2]:
+                g_beta = torch.einsum("...jc,...jc->...j", g, y)
+        return g_y, g if ctx.needs_input_grad[1] else None, g_beta
 
 
 # --- FC -------------------------------------------------------------------------------------
@@ -229,8 +309,8 @@ def fc_coeffs(
 def fc_width(H: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
     """See :func:`hcref.fc_width`. Shapes: H (..., m, e), alpha (..., m, 2m) -> h0 (..., m*e), H_res (..., m, e)."""
     m, e = v.check_width("fc", meta("H", H), meta("alpha", alpha))
-    mixed = _mix(H, alpha)
-    return mixed[..., :m, :].reshape(*H.shape[:-2], m * e), mixed[..., m:, :]
+    first, H_res = _mix(H, alpha, m)
+    return first.reshape(*H.shape[:-2], m * e), H_res
 
 
 def fc_depth(y: Tensor, H_res: Tensor, beta: Tensor) -> Tensor:
