@@ -69,9 +69,16 @@ def _apply(fn: type[torch.autograd.Function], *args: Any) -> Any:
     return fn.apply(*args)  # type: ignore[no-untyped-call]
 
 
+def _autocast_on(device: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device)
+    except TypeError:  # torch < 2.4: no per-device query
+        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+
+
 def _no_autocast(x: Tensor) -> AbstractContextManager[Any]:
     device = x.device.type
-    if torch.is_autocast_enabled(device):
+    if _autocast_on(device):
         return torch.autocast(device_type=device, enabled=False)
     return nullcontext()
 
