@@ -158,3 +158,24 @@ def test_module_options_are_validated() -> None:
         FracConnections(3, 4)
     with pytest.raises(ValueError, match="n: expected an int >= 1"):
         Expand(0)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_at_init_hc_is_n_times_the_prenorm_residual_and_fc_is_equal(n: int) -> None:
+    """HC paper Eq. 14 / FC paper Eq. 15: at the initial parameters every HC stream carries the
+    Pre-Norm residual stream (so ``reduce`` gives n times it) and FC reproduces it exactly."""
+    torch.manual_seed(0)
+    d = 12
+    blocks = [torch.nn.Sequential(torch.nn.LayerNorm(d), torch.nn.Linear(d, d)).double() for _ in range(3)]
+    x = torch.randn(4, d, dtype=torch.float64)
+    residual = x
+    for block in blocks:
+        residual = residual + block(residual)
+    H = Expand(n)(x)
+    for k, block in enumerate(blocks):
+        H = HyperConnections(n, d, k, dtype=torch.float64)(H, block)
+    torch.testing.assert_close(Reduce()(H), n * residual)
+    F = FracSplit(3)(x)
+    for block in blocks:
+        F = FracConnections(3, d, norm="rmsnorm", dtype=torch.float64)(F, block)
+    torch.testing.assert_close(FracMerge()(F), residual)
