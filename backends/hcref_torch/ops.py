@@ -211,8 +211,9 @@ class _Mix(torch.autograd.Function):
         if g_rest is None:
             g_rest = H.new_zeros(*lead, c - ctx.split, w)
         g_mix = torch.cat([g_first, g_rest], dim=-2)
-        g_H = torch.matmul(alpha, g_mix) if ctx.needs_input_grad[0] else None
-        g_alpha = torch.matmul(H, g_mix.transpose(-1, -2)) if ctx.needs_input_grad[1] else None
+        with _no_autocast(H):
+            g_H = torch.matmul(alpha, g_mix) if ctx.needs_input_grad[0] else None
+            g_alpha = torch.matmul(H, g_mix.transpose(-1, -2)) if ctx.needs_input_grad[1] else None
         return g_H, g_alpha, None
 
 
@@ -278,17 +279,20 @@ class _Write(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         y, beta = ctx.saved_tensors
+        dtype = g.dtype
+        ct = _compute_dtype(dtype)  # D12: the reductions over w of half inputs accumulate in float32
         g_y = g_beta = None
-        if y.shape[-2] == 1:  # HC: one y written to every stream
-            if ctx.needs_input_grad[0]:
-                g_y = torch.matmul(beta.unsqueeze(-2), g)
-            if ctx.needs_input_grad[2]:
-                g_beta = torch.matmul(g, y.transpose(-1, -2)).squeeze(-1)
-        else:  # FC: fraction j of y to fraction j of the state
-            if ctx.needs_input_grad[0]:
-                g_y = beta.unsqueeze(-1) * g
-            if ctx.needs_input_grad[2]:
-                g_beta = torch.einsum("...jc,...jc->...j", g, y)
+        with _no_autocast(g):
+            if y.shape[-2] == 1:  # HC: one y written to every stream
+                if ctx.needs_input_grad[0]:
+                    g_y = torch.matmul(beta.to(ct).unsqueeze(-2), g.to(ct)).to(dtype)
+                if ctx.needs_input_grad[2]:
+                    g_beta = torch.matmul(g.to(ct), y.to(ct).transpose(-1, -2)).squeeze(-1).to(dtype)
+            else:  # FC: fraction j of y to fraction j of the state
+                if ctx.needs_input_grad[0]:
+                    g_y = beta.unsqueeze(-1) * g
+                if ctx.needs_input_grad[2]:
+                    g_beta = torch.einsum("...jc,...jc->...j", g.to(ct), y.to(ct)).to(dtype)
         return g_y, g if ctx.needs_input_grad[1] else None, g_beta
 
 
