@@ -34,14 +34,17 @@ _FUNCTIONS: dict[str, Any] = {
 
 def op_function(name: str) -> Callable[..., Any]:
     """The reference function of op ``name`` (or of ``<op>_vjp``)."""
-    return _FUNCTIONS[name]  # type: ignore[no-any-return]
+    return _FUNCTIONS[name]
 
 
 def random_params(
     family: str, k: int, w: int, rng: np.random.Generator, *, dynamic: bool = True, norm: str = "layernorm"
 ) -> dict[str, np.ndarray]:
     """Random (not init) parameters with the exact keys and shapes of an HC or FC site."""
-    base = init_hc(k, w, 0, dynamic=dynamic, norm=norm) if family == "hc" else init_fc(k, k * w, dynamic=dynamic, norm=norm)
+    if family == "hc":
+        base = init_hc(k, w, 0, dynamic=dynamic, norm=norm)
+    else:
+        base = init_fc(k, k * w, dynamic=dynamic, norm=norm)
     out: dict[str, np.ndarray] = {}
     for key, value in base.items():
         scale = 1 / np.sqrt(w) if key.startswith("W_") else 0.5

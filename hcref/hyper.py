@@ -52,7 +52,7 @@ def hc_coeffs(
 
     Shapes: H (..., n, d) -> alpha (..., n, n+1), beta (..., n).
     """
-    n, _, dynamic = v.check_coeffs("hc", meta("H", H), params, param_metas(params), norm, use_tanh, use_norm, use_scale)
+    _, _, dynamic = v.check_coeffs("hc", meta("H", H), params, param_metas(params), norm, use_tanh, use_norm, use_scale)
     return _core.coeffs(
         H, _static_alpha(params), params["B"], params,
         dynamic=dynamic, norm=norm, use_tanh=use_tanh, use_norm=use_norm, use_scale=use_scale,

@@ -56,7 +56,7 @@ def site_vjp(
     ``g_y, g_H_res, g_beta = depth_vjp``; ``g_h0 = T_vjp(h0, g_y)``;
     ``g_H1, g_alpha = width_vjp``; ``g_H2, g_params = coeffs_vjp``; ``g_H = g_H1 + g_H2``.
     """
-    coeffs, width, depth, coeffs_vjp, width_vjp, depth_vjp = _family(family)
+    coeffs, width, _, coeffs_vjp, width_vjp, depth_vjp = _family(family)
     alpha, beta = coeffs(H, params, **options)
     h0, H_res = width(H, alpha)
     y = sublayer(h0)

@@ -35,7 +35,7 @@ def norm_keys(norm: str) -> tuple[str, ...]:
 
 def param_keys(family: str, *, dynamic: bool, norm: str) -> tuple[str, ...]:
     """The exact key set of an HC (``family='hc'``) or FC (``'fc'``) parameter mapping."""
-    keys = STATIC_KEYS[family]
+    keys: tuple[str, ...] = STATIC_KEYS[family]
     if dynamic:
         keys = keys + DYNAMIC_KEYS + norm_keys(norm)
     return keys

@@ -101,3 +101,12 @@ def test_directional_check_catches_a_wrong_vjp() -> None:
 
     result = directional_check(hcref.hc_width, wrong_vjp, (H, alpha), (0, 1), rng)
     assert result.error > 1e-3
+
+
+def test_self_check_report_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m hcref`` checks every op and exits 0 on the correct reference."""
+    from hcref.__main__ import main
+
+    assert main(["--examples", "10"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{name} " in out for name in OPS) and "all checks pass" in out

@@ -20,7 +20,7 @@ _DTYPES = ("float64", "float32", "float16")
 
 
 class _Record:
-    __slots__ = ("spec", "args", "kwargs", "outputs")
+    __slots__ = ("args", "kwargs", "outputs", "spec")
 
     def __init__(self, spec: OpSpec, args: tuple[Any, ...], kwargs: dict[str, Any], outputs: tuple[Any, ...]):
         self.spec, self.args, self.kwargs, self.outputs = spec, args, kwargs, outputs
@@ -69,7 +69,9 @@ class NumpyBackend:
         made = {id(o) for rec in tape for o in rec.outputs} | {id(a) for a in _leaves(primals)}
         for o in outs:
             if id(o) not in made:
-                raise ValueError("fn: an output was not made by this backend's ops; hcref_numpy cannot differentiate it")
+                raise ValueError(
+                    "fn: an output was not made by this backend's ops; hcref_numpy cannot differentiate it"
+                )
         grads: dict[int, np.ndarray] = {}
         for o, g in zip(outs, cotangents, strict=True):
             _accumulate(grads, o, g)
