@@ -8,6 +8,7 @@ any other arithmetic inside ``fn`` is not recorded, so ``fn`` must be built from
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -110,8 +111,12 @@ def _bind(spec: OpSpec) -> Callable[..., Any]:
     def op(self: NumpyBackend, *args: Any, **kwargs: Any) -> Any:
         return self._call(spec, *args, **kwargs)
 
+    reference = getattr(hcref, spec.name)
     op.__name__ = spec.name
-    op.__doc__ = getattr(hcref, spec.name).__doc__
+    op.__doc__ = reference.__doc__
+    signature = inspect.signature(reference)
+    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    op.__signature__ = signature.replace(parameters=[self_param, *signature.parameters.values()])  # type: ignore[attr-defined]
     return op
 
 
