@@ -1,0 +1,398 @@
+"""hcref_jax's functional ops against the NumPy reference: forward, ``jax.vjp`` (jitted) against the
+reference's hand-derived ``<op>_vjp``, jit / vmap / grad with no shape branching on traced values,
+the half-precision policy (D12), and input errors (raised at trace time, word for word the
+reference's)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+jax.config.update("jax_enable_x64", True)  # float64 tier; affects this process only (no other test uses jax)
+
+import hcref_jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from hcref_jax import backend  # noqa: E402
+
+import hcref  # noqa: E402
+from hcref.optable import OPS  # noqa: E402
+
+RNG_SEEDS = (0, 1, 2)
+OPTION_NAMES = ("norm", "use_tanh", "use_norm", "use_scale")
+
+
+def _params(family: str, k: int, d: int, rng: np.random.Generator, *, dynamic: bool, norm: str) -> dict[str, Any]:
+    init = hcref.init_hc(k, d, 2, dynamic=dynamic, norm=norm) if family == "hc" else hcref.init_fc(
+        k, d, dynamic=dynamic, norm=norm
+    )
+    return {key: value + 0.3 * rng.normal(size=value.shape) for key, value in init.items()}
+
+
+def _cases(seed: int) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+    """(op name, inputs, options) for every op of the contract, random float64 values."""
+    rng = np.random.default_rng(seed)
+    lead = ((2, 3), (5,), ())[seed % 3]
+    n, m, e = (4, 2, 3) if seed % 2 else (3, 3, 2)
+    d = m * e
+    norm = ("layernorm", "rmsnorm", "none")[seed % 3]
+    switches = {"use_tanh": seed != 1, "use_norm": seed != 2, "use_scale": seed != 0}
+    opts = {"norm": norm, **switches}
+    r = rng.normal
+    return [
+        ("expand", (r(size=(*lead, d)), n), {}),
+        ("reduce", (r(size=(*lead, n, d)),), {}),
+        ("frac_split", (r(size=(*lead, d)), m), {}),
+        ("frac_merge", (r(size=(*lead, m, e)),), {}),
+        ("hc_coeffs", (r(size=(*lead, n, d)), _params("hc", n, d, rng, dynamic=True, norm=norm)), opts),
+        ("hc_coeffs", (r(size=(*lead, n, d)), _params("hc", n, d, rng, dynamic=False, norm=norm)), {}),
+        ("hc_width", (r(size=(*lead, n, d)), r(size=(*lead, n, n + 1))), {}),
+        ("hc_depth", (r(size=(*lead, d)), r(size=(*lead, n, d)), r(size=(*lead, n))), {}),
+        ("fc_coeffs", (r(size=(*lead, m, e)), _params("fc", m, d, rng, dynamic=True, norm=norm)), opts),
+        ("fc_coeffs", (r(size=(*lead, m, e)), _params("fc", m, d, rng, dynamic=False, norm=norm)), {}),
+        ("fc_width", (r(size=(*lead, m, e)), r(size=(*lead, m, 2 * m))), {}),
+        ("fc_depth", (r(size=(*lead, d)), r(size=(*lead, m, e)), r(size=(*lead, m))), {}),
+    ]
+
+
+def _to_jax(x: Any, dtype: Any = None) -> Any:
+    dtype = dtype or jnp.float64
+    if isinstance(x, dict):
+        return {key: jnp.asarray(value, dtype=dtype) for key, value in x.items()}
+    if isinstance(x, np.ndarray):
+        return jnp.asarray(x, dtype=dtype)
+    return x
+
+
+def _outs(x: Any) -> tuple[Any, ...]:
+    return x if isinstance(x, tuple) else (x,)
+
+
+ALL_CASES = [case for seed in RNG_SEEDS for case in _cases(seed)]
+IDS = [f"{name}-{i}" for i, (name, _, _) in enumerate(ALL_CASES)]
+
+
+@pytest.mark.parametrize(("name", "inputs", "options"), ALL_CASES, ids=IDS)
+def test_forward_matches_reference(name: str, inputs: tuple[Any, ...], options: dict[str, Any]) -> None:
+    """Eager functional op and the backend's jitted op both equal the float64 reference."""
+    expected = _outs(getattr(hcref, name)(*inputs, **options))
+    j_inputs = [_to_jax(x) for x in inputs]
+    for op in (getattr(hcref_jax, name), getattr(backend, name)):
+        got = _outs(op(*j_inputs, **options))
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            assert isinstance(g, jax.Array)
+            assert g.dtype == jnp.float64
+            assert tuple(g.shape) == e.shape
+            np.testing.assert_allclose(np.asarray(g), e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("name", "inputs", "options"), ALL_CASES, ids=IDS)
+def test_vjp_matches_reference(name: str, inputs: tuple[Any, ...], options: dict[str, Any]) -> None:
+    spec = OPS[name]
+    rng = np.random.default_rng(7)
+    outs = _outs(getattr(hcref, name)(*inputs, **options))
+    cots = [rng.normal(size=o.shape) for o in outs]
+    expected = getattr(hcref, spec.vjp_name)(*inputs, *cots, **options)
+    diff_idx = [spec.inputs.index(arg) for arg in spec.differentiable]
+    j_inputs = [_to_jax(x) for x in inputs]
+
+    def fn(*primals: Any) -> Any:
+        args = list(j_inputs)
+        for i, p in zip(diff_idx, primals):
+            args[i] = p
+        return getattr(hcref_jax, name)(*args, **options)
+
+    got = backend.vjp(fn, [j_inputs[i] for i in diff_idx], [jnp.asarray(c) for c in cots])
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        if isinstance(e, dict):
+            assert set(g) == set(e)
+            for key in e:
+                assert g[key].dtype == jnp.float64
+                np.testing.assert_allclose(np.asarray(g[key]), e[key], rtol=1e-10, atol=1e-12, err_msg=key)
+        else:
+            assert g.dtype == jnp.float64
+            np.testing.assert_allclose(np.asarray(g), e, rtol=1e-10, atol=1e-12)
+
+
+def test_vjp_gives_zeros_for_unused_primals_none_for_non_arrays_and_checks_cotangents() -> None:
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4)))
+    unused = jnp.asarray(np.random.default_rng(1).normal(size=(2,)))
+    g_x, g_unused, g_n = backend.vjp(lambda a, b, n: hcref_jax.expand(a, n), [x, unused, 2], [jnp.ones((3, 2, 4))])
+    np.testing.assert_array_equal(np.asarray(g_x), np.full((3, 4), 2.0))
+    np.testing.assert_array_equal(np.asarray(g_unused), np.zeros(2))
+    assert g_n is None
+    with pytest.raises(ValueError, match="cotangents: expected 1 arrays"):
+        backend.vjp(lambda a: hcref_jax.expand(a, 2), [x], [jnp.ones((3, 2, 4)), jnp.ones(1)])
+    with pytest.raises(ValueError, match=r"cotangents: expected shape \(3, 2, 4\)"):
+        backend.vjp(lambda a: hcref_jax.expand(a, 2), [x], [jnp.ones((3, 4))])
+
+
+def test_jit_vmap_and_grad_compose() -> None:
+    """A whole HC site and an FC site written with the ops: jitted equals eager, vmap over a batch
+    axis equals the batched call (the checks see per-example shapes), and ``jax.grad`` of the jitted
+    site equals the reference's chained VJPs."""
+    rng = np.random.default_rng(0)
+    n, d = 3, 6
+    p = _params("hc", n, d, rng, dynamic=True, norm="rmsnorm")
+    W = rng.normal(size=(d, d)) / d**0.5
+    H = rng.normal(size=(4, 5, n, d))
+
+    def site(H: Any, params: Any) -> Any:
+        alpha, beta = hcref_jax.hc_coeffs(H, params, norm="rmsnorm")
+        h0, H_res = hcref_jax.hc_width(H, alpha)
+        return hcref_jax.hc_depth(jnp.tanh(h0 @ W), H_res, beta)
+
+    jp = _to_jax(p)
+    eager = site(jnp.asarray(H), jp)
+    jitted = jax.jit(site)(jnp.asarray(H), jp)
+    vmapped = jax.vmap(site, in_axes=(0, None))(jnp.asarray(H), jp)
+    vmapped2 = jax.vmap(jax.vmap(site, in_axes=(0, None)), in_axes=(0, None))(jnp.asarray(H), jp)
+    for got in (jitted, vmapped, vmapped2):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(eager), rtol=1e-13, atol=1e-13)
+
+    G = rng.normal(size=H.shape)
+    g_H, g_p = jax.jit(jax.grad(lambda H, params: jnp.sum(site(H, params) * G), argnums=(0, 1)))(jnp.asarray(H), jp)
+    # reference: chain the hand-derived VJPs
+    alpha, beta = hcref.hc_coeffs(H, p, norm="rmsnorm")
+    h0, H_res = hcref.hc_width(H, alpha)
+    pre = h0 @ W
+    y = np.tanh(pre)
+    g_y, g_res, g_beta = hcref.hc_depth_vjp(y, H_res, beta, G)
+    g_h0 = ((1 - y**2) * g_y) @ W.T
+    g_H1, g_alpha = hcref.hc_width_vjp(H, alpha, g_h0, g_res)
+    g_H2, g_params = hcref.hc_coeffs_vjp(H, p, g_alpha, g_beta, norm="rmsnorm")
+    np.testing.assert_allclose(np.asarray(g_H), g_H1 + g_H2, rtol=1e-10, atol=1e-12)
+    for key in p:
+        np.testing.assert_allclose(np.asarray(g_p[key]), g_params[key], rtol=1e-10, atol=1e-12, err_msg=key)
+
+    x = rng.normal(size=(7, 6))
+    fc = _to_jax(_params("fc", 2, 6, rng, dynamic=True, norm="layernorm"))
+
+    def fc_site(x: Any) -> Any:
+        F = hcref_jax.frac_split(x, 2)
+        alpha, beta = hcref_jax.fc_coeffs(F, fc)
+        h0, F_res = hcref_jax.fc_width(F, alpha)
+        return hcref_jax.frac_merge(hcref_jax.fc_depth(jnp.sin(h0), F_res, beta))
+
+    np.testing.assert_allclose(
+        np.asarray(jax.vmap(fc_site)(jnp.asarray(x))), np.asarray(jax.jit(fc_site)(jnp.asarray(x))), rtol=1e-13
+    )
+
+
+def test_ops_trace_once_per_shape() -> None:
+    """Validation runs in Python at trace time only: a jitted op is traced once per shape/dtype and
+    later calls (new values) never re-run the checks or retrace."""
+    traces = []
+
+    def counted(H: Any, alpha: Any) -> Any:
+        traces.append(H.shape)
+        return hcref_jax.hc_width(H, alpha)
+
+    f = jax.jit(counted)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        f(jnp.asarray(rng.normal(size=(5, 2, 4))), jnp.asarray(rng.normal(size=(5, 2, 3))))
+    assert traces == [(5, 2, 4)]
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_inputs_accumulate_in_float32(dtype: Any) -> None:
+    """D12: the mixing of half inputs is float32-accumulated then rounded once, so it equals the
+    float64 reference on the same (rounded) values rounded to the half dtype, up to one rounding."""
+    rng = np.random.default_rng(3)
+    n, d = 4, 64
+    H = jnp.asarray(rng.normal(size=(32, n, d)), dtype=dtype)
+    alpha = jnp.asarray(rng.normal(size=(32, n, n + 1)), dtype=dtype)
+    h0, H_res = jax.jit(hcref_jax.hc_width)(H, alpha)
+    assert h0.dtype == dtype and H_res.dtype == dtype
+    ref_h0, ref_res = hcref.hc_width(np.asarray(H, np.float64), np.asarray(alpha, np.float64))
+    eps = float(jnp.finfo(dtype).eps)
+    for got, ref in ((h0, ref_h0), (H_res, ref_res)):
+        ref_rounded = np.asarray(jnp.asarray(ref).astype(dtype), np.float64)
+        ulp = eps * np.maximum(np.abs(ref_rounded), 1e-3)
+        assert np.all(np.abs(np.asarray(got, np.float64) - ref_rounded) <= ulp + 1e-30)
+
+    params = _to_jax(_params("hc", n, d, rng, dynamic=True, norm="layernorm"), dtype)
+    alpha2, beta2 = jax.jit(hcref_jax.hc_coeffs)(H, params)
+    assert alpha2.dtype == dtype and beta2.dtype == dtype
+    ref_a, ref_b = hcref.hc_coeffs(np.asarray(H, np.float64), {k: np.asarray(v, np.float64) for k, v in params.items()})
+    tol = 2 * eps
+    np.testing.assert_allclose(np.asarray(alpha2, np.float64), ref_a, rtol=tol, atol=tol)
+    np.testing.assert_allclose(np.asarray(beta2, np.float64), ref_b, rtol=tol, atol=tol)
+
+
+def test_half_mixing_is_a_float32_dot_general() -> None:
+    """The lowered mixing of bfloat16 inputs is a dot_general with a float32 result (preferred_element_type)."""
+    H = jnp.ones((8, 4, 16), jnp.bfloat16)
+    alpha = jnp.ones((8, 4, 5), jnp.bfloat16)
+    jaxpr = str(jax.make_jaxpr(hcref_jax.hc_width)(H, alpha))
+    assert "dot_general" in jaxpr and "preferred_element_type=float32" in jaxpr
+
+
+def _bad_cases() -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
+    rng = np.random.default_rng(0)
+    r = rng.normal
+    p_hc = hcref.init_hc(3, 4, 0)
+    p_fc = hcref.init_fc(2, 6)
+    missing = {k: v for k, v in p_hc.items() if k != "W_beta"}
+    extra = {**p_fc, "gamma": np.ones(3)}
+    wrong_shape = {**p_hc, "W_alpha": np.zeros((4, 3))}
+    return [
+        ("expand", (r(size=(2, 4)), 0), {}),
+        ("expand", (r(size=(2, 4)), True), {}),
+        ("expand", (r(size=(2, 4)), 2.0), {}),
+        ("expand", (np.ones((2, 4), dtype=np.int64), 2), {}),
+        ("expand", (np.asarray(1.0), 2), {}),
+        ("reduce", (r(size=(4,)),), {}),
+        ("frac_split", (r(size=(2, 5)), 2), {}),
+        ("frac_merge", (r(size=(5,)),), {}),
+        ("hc_width", (r(size=(2, 3, 4)), r(size=(2, 3, 3))), {}),
+        ("hc_width", (r(size=(2, 3, 4)), r(size=(1, 3, 4))), {}),
+        ("hc_depth", (r(size=(2, 5)), r(size=(2, 3, 4)), r(size=(2, 3))), {}),
+        ("hc_depth", (r(size=(2, 4)), r(size=(2, 3, 4)), r(size=(2, 2))), {}),
+        ("fc_width", (r(size=(2, 3)), r(size=(2, 3))), {}),
+        ("fc_depth", (r(size=(2, 5)), r(size=(2, 2, 3)), r(size=(2, 2))), {}),
+        ("hc_coeffs", (r(size=(5, 3, 4)), missing), {}),
+        ("hc_coeffs", (r(size=(5, 3, 4)), wrong_shape), {}),
+        ("hc_coeffs", (r(size=(5, 3, 4)), p_hc), {"norm": "batchnorm"}),
+        ("hc_coeffs", (r(size=(5, 3, 4)), p_hc), {"use_tanh": 1}),
+        ("hc_coeffs", (r(size=(5, 3, 4)), p_hc), {"norm": "rmsnorm"}),
+        ("hc_coeffs", (r(size=(4,)), p_hc), {}),
+        ("fc_coeffs", (r(size=(5, 2, 3)), extra), {}),
+        ("fc_coeffs", (r(size=(5, 2, 3)), [1, 2]), {}),
+    ]
+
+
+def _jnp_inputs(inputs: tuple[Any, ...]) -> list[Any]:
+    out: list[Any] = []
+    for x in inputs:
+        if isinstance(x, np.ndarray):
+            out.append(jnp.asarray(x))
+        elif isinstance(x, dict):
+            out.append({k: jnp.asarray(v) for k, v in x.items()})
+        else:
+            out.append(x)
+    return out
+
+
+@pytest.mark.parametrize(("name", "inputs", "options"), _bad_cases(), ids=lambda x: x if isinstance(x, str) else "")
+def test_bad_inputs_raise_the_reference_errors(name: str, inputs: tuple[Any, ...], options: dict[str, Any]) -> None:
+    """Eagerly, under ``jax.jit`` (the backend's ops: raised at trace time) and inside a user's jit."""
+    with pytest.raises((ValueError, TypeError)) as ref:
+        getattr(hcref, name)(*inputs, **options)
+    j_inputs = _jnp_inputs(inputs)
+    with pytest.raises(ref.type) as got:
+        getattr(hcref_jax, name)(*j_inputs, **options)
+    assert str(got.value) == str(ref.value)
+    with pytest.raises(ref.type) as got_jit:
+        getattr(backend, name)(*j_inputs, **options)
+    assert str(got_jit.value) == str(ref.value)
+    arrays = [i for i, x in enumerate(j_inputs) if isinstance(x, jax.Array)]
+    if arrays:
+
+        def traced(*xs: Any) -> Any:
+            args = list(j_inputs)
+            for i, x in zip(arrays, xs):
+                args[i] = x
+            return getattr(hcref_jax, name)(*args, **options)
+
+        with pytest.raises(ref.type) as got_traced:
+            jax.jit(traced)(*(j_inputs[i] for i in arrays))
+        assert str(got_traced.value) == str(ref.value)
+
+
+def test_non_array_input_names_the_argument() -> None:
+    with pytest.raises(TypeError, match=r"^H: expected a jax.Array, got list$"):
+        hcref_jax.reduce([[1.0, 2.0]])  # type: ignore[arg-type]
+
+
+def test_backend_satisfies_the_interface() -> None:
+    import inspect
+
+    from hcref.interface import OP_NAMES, Backend, missing_members
+
+    assert missing_members(backend) == []
+    assert isinstance(backend, Backend)
+    assert backend.name == "hcref_jax" and backend.framework_version.startswith("jax ")
+    for dtype in ("float64", "float32", "bfloat16", "float16"):
+        assert ("cpu", dtype) in backend.capabilities()
+    for name in OP_NAMES:
+        assert list(inspect.signature(getattr(backend, name)).parameters) == list(
+            inspect.signature(getattr(hcref, name)).parameters
+        ), name
+    x = np.array([1.0, 1.0 + 2.0**-10, 3.5])
+    t = backend.asarray(x, "bfloat16", "cpu")
+    assert backend.dtype_name(t) == "bfloat16"
+    back = backend.to_numpy(t)
+    assert back.dtype == np.float32
+    np.testing.assert_array_equal(back, np.array([1.0, 1.0, 3.5], dtype=np.float32))
+    t64 = backend.asarray(x, "float64", "cpu")
+    assert backend.dtype_name(t64) == "float64"
+    np.testing.assert_array_equal(backend.to_numpy(t64), x)
+    with pytest.raises(ValueError, match="device/dtype"):
+        backend.asarray(x, "int8", "cpu")
+    backend.prepare_for_conformance()
+    assert jax.config.jax_enable_x64
+
+
+LOW_TOL = {"float32": 1e-5, "bfloat16": 3e-2, "float16": 4e-3}
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize(("name", "inputs", "options"), _cases(1), ids=[f"{c[0]}-{i}" for i, c in enumerate(_cases(1))])
+def test_lower_precision_against_float64_reference(
+    dtype_name: str, name: str, inputs: tuple[Any, ...], options: dict[str, Any]
+) -> None:
+    """Forward (jitted) and VJP in float32/bfloat16/float16 against the float64 reference on the same
+    rounded values: the error, relative to the largest reference value (at least 1), is within a few
+    units of the dtype's precision, and every result keeps the input dtype."""
+    spec = OPS[name]
+    dtype = jnp.dtype(dtype_name)
+
+    def rounded(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: backend.asarray(v, dtype_name, "cpu") for k, v in x.items()}
+        return backend.asarray(x, dtype_name, "cpu") if isinstance(x, np.ndarray) else x
+
+    j_inputs = [rounded(x) for x in inputs]
+    ref_inputs = [
+        {k: backend.to_numpy(v).astype(np.float64) for k, v in x.items()}
+        if isinstance(x, dict)
+        else backend.to_numpy(x).astype(np.float64)
+        if isinstance(x, jax.Array)
+        else x
+        for x in j_inputs
+    ]
+    tol = LOW_TOL[dtype_name]
+
+    def close(got: Any, ref: np.ndarray, what: str) -> None:
+        assert got.dtype == dtype, what
+        err = np.abs(backend.to_numpy(got).astype(np.float64) - ref).max(initial=0.0)
+        assert err <= tol * max(1.0, np.abs(ref).max(initial=0.0)), (what, err)
+
+    ref_outs = _outs(getattr(hcref, name)(*ref_inputs, **options))
+    for g, e in zip(_outs(getattr(backend, name)(*j_inputs, **options)), ref_outs):
+        close(g, e, "forward")
+    rng = np.random.default_rng(5)
+    cots = [rounded(rng.normal(size=o.shape)) for o in ref_outs]
+    ref_cots = [backend.to_numpy(c).astype(np.float64) for c in cots]
+    expected = getattr(hcref, spec.vjp_name)(*ref_inputs, *ref_cots, **options)
+    diff_idx = [spec.inputs.index(arg) for arg in spec.differentiable]
+
+    def fn(*primals: Any) -> Any:
+        args = list(j_inputs)
+        for i, p in zip(diff_idx, primals):
+            args[i] = p
+        return getattr(hcref_jax, name)(*args, **options)
+
+    got = backend.vjp(fn, [j_inputs[i] for i in diff_idx], cots)
+    for g, e in zip(got, expected):
+        if isinstance(e, dict):
+            for key in e:
+                close(g[key], e[key], key)
+        else:
+            close(g, e, "vjp")
