@@ -1,0 +1,123 @@
+"""Command line: ``python -m hcref_conformance --backend MODULE[:ATTR] [options] [-- pytest args]``.
+
+``--all`` runs the suite over every installed first-party backend (``hcref_numpy``,
+``hcref_torch``, ``hcref_jax``, ``hcref_mlx``), each in its own interpreter, and prints one
+summary line per backend (absent ones are reported as "not installed").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+
+from .loading import FIRST_PARTY, is_installed
+
+ALL_MAX_EXAMPLES = 10
+"""Default ``--max-examples`` of ``--all`` (the quick main-job check)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (the options mirror the pytest plugin's)."""
+    from .plugin import OPTIONS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m hcref_conformance",
+        description="Run the hcref conformance suite against a backend. Arguments after '--' go to pytest.",
+    )
+    for option, env, text in OPTIONS:
+        parser.add_argument(option, default=None, help=f"{text} [env {env}]")
+    parser.add_argument("--all", action="store_true",
+                        help=f"run every installed first-party backend ({', '.join(FIRST_PARTY)}); "
+                        f"default --max-examples {ALL_MAX_EXAMPLES}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="less pytest output")
+    return parser
+
+
+def pytest_args(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
+    """The pytest command line for one backend."""
+    from .plugin import OPTIONS
+
+    out = ["-p", "hcref_conformance.plugin", "-p", "no:cacheprovider", "--pyargs", "hcref_conformance",
+           "-q" if args.quiet else "-v", "--tb=short", "-rN"]
+    for option, _, _ in OPTIONS:
+        value = getattr(args, option.lstrip("-").replace("-", "_"))
+        if value is not None:
+            out += [option, str(value)]
+    return out + list(extra)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 when every test passed)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1:]
+    args = build_parser().parse_args(argv)
+    if args.all:
+        if args.backend:
+            print("error: --all and --backend exclude each other", file=sys.stderr)
+            return 2
+        return run_all(args, extra)
+    if not (args.backend or os.environ.get("HCREF_BACKEND")):
+        print("error: no backend given: pass --backend MODULE[:ATTR] (or set HCREF_BACKEND), or --all",
+              file=sys.stderr)
+        return 2
+    import pytest
+
+    return int(pytest.main(pytest_args(args, extra)))
+
+
+def run_all(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    """Run each installed first-party backend in a fresh interpreter; print a summary per backend."""
+    if args.max_examples is None:
+        args.max_examples = str(ALL_MAX_EXAMPLES)
+    args.quiet = True
+    results: list[tuple[str, str, float, str]] = []
+    status = 0
+    for name in FIRST_PARTY:
+        if not is_installed(name):
+            results.append((name, "not installed", 0.0, ""))
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            report = os.path.join(tmp, "report.json")
+            args.backend, args.report_json = name, report
+            command = [sys.executable, "-m", "hcref_conformance", *pytest_args_for_cli(args), "--", *extra]
+            print(f"\n=== {name}: {' '.join(command[1:])}", flush=True)
+            start = time.perf_counter()
+            code = subprocess.call(command)
+            seconds = time.perf_counter() - start
+            detail = ""
+            if os.path.exists(report):
+                with open(report, encoding="utf-8") as handle:
+                    data = json.load(handle)
+                detail = ", ".join(f"{v} {k}" for k, v in data["totals"].items() if v)
+                failing = sorted({f"{r['op']}/{r['dtype']}" for r in data["rows"] if r["status"] == "FAIL"})
+                if failing:
+                    detail += "; failing: " + ", ".join(failing)
+        verdict = "passed" if code == 0 else ("did not load" if code == 4 else "FAILED")
+        status = status or (code if code else 0)
+        results.append((name, verdict, seconds, detail))
+    print("\nhcref conformance --all")
+    for name, verdict, seconds, detail in results:
+        timing = f"{seconds:6.1f}s" if seconds else "       "
+        print(f"  {name:<12} {verdict:<14} {timing}  {detail}")
+    return 1 if status else 0
+
+
+def pytest_args_for_cli(args: argparse.Namespace) -> list[str]:
+    """``args`` as options of this command line (for the per-backend subprocess of ``--all``)."""
+    from .plugin import OPTIONS
+
+    out: list[str] = ["-q"] if args.quiet else []
+    for option, _, _ in OPTIONS:
+        value = getattr(args, option.lstrip("-").replace("-", "_"))
+        if value is not None:
+            out += [option, str(value)]
+    return out

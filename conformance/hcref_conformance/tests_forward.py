@@ -1,0 +1,26 @@
+"""Forward agreement: every output of every op against the float64 reference, with the
+output's shape and dtype (a dtype is preserved: float32 in, float32 out)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from .cases import Case
+from .checks import run_check
+from .strategies import OP_NAMES, draw_case, special_params
+
+
+@pytest.mark.parametrize("op", OP_NAMES)
+@given(data=st.data())
+def test_forward(backend: Any, device: str, dtype: str, op: str, recorder: Any, data: Any) -> None:
+    case = draw_case(data, op, dtype)
+    recorder.record(op, dtype, "forward", run_check("forward", backend, case, dtype=dtype, device=device))
+
+
+@pytest.mark.parametrize(("op", "case"), special_params(OP_NAMES))
+def test_forward_special(backend: Any, device: str, dtype: str, op: str, case: Case, recorder: Any) -> None:
+    recorder.record(op, dtype, "forward", run_check("forward", backend, case, dtype=dtype, device=device))
