@@ -21,7 +21,6 @@ import hcref  # noqa: E402
 from hcref.optable import OPS  # noqa: E402
 
 RNG_SEEDS = (0, 1, 2)
-OPTION_NAMES = ("norm", "use_tanh", "use_norm", "use_scale")
 
 
 def _params(family: str, k: int, d: int, rng: np.random.Generator, *, dynamic: bool, norm: str) -> dict[str, Any]:
