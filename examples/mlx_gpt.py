@@ -1,0 +1,167 @@
+"""A tiny character-level GPT on examples/data/tiny.txt whose residual connections are plain
+residuals, Hyper-Connections or Frac-Connections (hcref_mlx), trained with MLX (CPU or GPU).
+
+    python examples/mlx_gpt.py --mode hc --rate 4 --steps 300
+    python examples/mlx_gpt.py --mode fc --rate 2
+    python examples/mlx_gpt.py --mode residual
+
+The same model as examples/torch_gpt.py. Every attention and every MLP sublayer is one residual
+site (Pre-Norm: the sublayer carries its own LayerNorm). ``hc``: ``Expand(n)`` after the
+embedding, one ``HyperConnections`` per sublayer with ``layer_index`` counting sublayers,
+``Reduce()`` before the final norm. ``fc``: ``FracSplit(m)``, one ``FracConnections`` per
+sublayer, ``FracMerge()``. The training step (forward, backward, AdamW update) is one
+``mx.compile``d function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import hcref_mlx
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten
+
+DATA = Path(__file__).resolve().parent / "data" / "tiny.txt"
+
+
+class Attention(nn.Module):
+    """Pre-Norm causal self-attention sublayer: x (batch, time, d) -> (batch, time, d)."""
+
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.heads = heads
+
+    def __call__(self, x: mx.array) -> mx.array:
+        b, t, d = x.shape
+        q, k, v = mx.split(self.qkv(self.norm(x)), 3, axis=-1)
+        q, k, v = (z.reshape(b, t, self.heads, d // self.heads).transpose(0, 2, 1, 3) for z in (q, k, v))
+        scale = 1.0 / math.sqrt(d // self.heads)
+        y = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
+        return self.out(y.transpose(0, 2, 1, 3).reshape(b, t, d))
+
+
+class MLP(nn.Module):
+    """Pre-Norm MLP sublayer: x (batch, time, d) -> (batch, time, d)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.net(x)
+
+
+class GPT(nn.Module):
+    """idx (batch, time) -> logits (batch, time, vocab); ``mode`` is residual, hc (rate = n) or fc (rate = m)."""
+
+    def __init__(self, vocab: int, *, d: int, layers: int, heads: int, context: int, mode: str, rate: int) -> None:
+        super().__init__()
+        if mode not in ("residual", "hc", "fc"):
+            raise ValueError(f"mode: expected 'residual', 'hc' or 'fc', got {mode!r}")
+        self.mode, self.rate = mode, rate
+        self.tok = nn.Embedding(vocab, d)
+        self.pos = nn.Embedding(context, d)
+        self.sublayers = [m for _ in range(layers) for m in (Attention(d, heads), MLP(d))]
+        self.connections: list[Any] = []
+        if mode == "hc":
+            self.connections = [hcref_mlx.HyperConnections(rate, d, k) for k in range(len(self.sublayers))]
+            self.begin: nn.Module = hcref_mlx.Expand(rate)
+            self.end: nn.Module = hcref_mlx.Reduce()
+        elif mode == "fc":
+            self.connections = [hcref_mlx.FracConnections(rate, d) for _ in range(len(self.sublayers))]
+            self.begin, self.end = hcref_mlx.FracSplit(rate), hcref_mlx.FracMerge()
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab)
+
+    def __call__(self, idx: mx.array) -> mx.array:
+        x = self.tok(idx) + self.pos(mx.arange(idx.shape[1]))
+        if self.mode == "residual":
+            for sublayer in self.sublayers:
+                x = x + sublayer(x)
+        else:
+            H = self.begin(x)  # (batch, time, n, d) or (batch, time, m, d/m)
+            for connection, sublayer in zip(self.connections, self.sublayers, strict=True):
+                H = connection(H, sublayer)
+            x = self.end(H)
+        return self.head(self.norm(x))
+
+
+def train(
+    mode: str = "hc",
+    *,
+    steps: int = 300,
+    rate: int | None = None,
+    seed: int = 0,
+    d: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    context: int = 64,
+    batch: int = 16,
+    lr: float = 3e-3,
+    log_every: int = 50,
+    verbose: bool = True,
+) -> list[float]:
+    """Train for ``steps`` steps; returns the training loss of every step."""
+    rate = rate if rate is not None else {"hc": 4, "fc": 2}.get(mode, 1)
+    mx.random.seed(seed)
+    text = DATA.read_text()
+    chars = sorted(set(text))
+    data = np.array([chars.index(c) for c in text], dtype=np.int32)
+    model = GPT(len(chars), d=d, layers=layers, heads=heads, context=context, mode=mode, rate=rate)
+    mx.eval(model.parameters())
+    opt = optim.AdamW(learning_rate=lr, weight_decay=0.0)
+
+    def loss_fn(model: GPT, xb: mx.array, yb: mx.array) -> mx.array:
+        return nn.losses.cross_entropy(model(xb), yb, reduction="mean")
+
+    loss_and_grad = nn.value_and_grad(model, loss_fn)
+    state = [model.state, opt.state]
+
+    def step(xb: mx.array, yb: mx.array) -> mx.array:
+        loss, grads = loss_and_grad(model, xb, yb)
+        opt.update(model, grads)
+        return loss
+
+    step = mx.compile(step, inputs=state, outputs=state)
+    rng = np.random.default_rng(seed)
+    offsets = np.arange(context)
+    losses: list[float] = []
+    start = time.perf_counter()
+    for i in range(steps):
+        ix = rng.integers(0, len(data) - context - 1, size=batch)
+        xb = mx.array(data[ix[:, None] + offsets])
+        yb = mx.array(data[ix[:, None] + offsets + 1])
+        loss = step(xb, yb)
+        mx.eval(loss, state)
+        losses.append(loss.item())
+        if verbose and (i % log_every == 0 or i == steps - 1):
+            print(f"step {i:4d}  loss {losses[-1]:.4f}  ({time.perf_counter() - start:.1f}s)")
+    if verbose:
+        params = sum(p.size for _, p in tree_flatten(model.parameters()))
+        uniform = math.log(len(chars))
+        print(f"mode={mode} rate={rate} params={params} final loss {losses[-1]:.4f} (uniform: {uniform:.4f})")
+    return losses
+
+
+def main(argv: list[str] | None = None) -> list[float]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=("residual", "hc", "fc"), default="hc")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--rate", type=int, default=None, help="n for hc (default 4), m for fc (default 2)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    return train(args.mode, steps=args.steps, rate=args.rate, seed=args.seed)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The MLX example trains in every residual mode (a few steps on CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytest.importorskip("mlx.core")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(relpath: str) -> ModuleType:
+    path = ROOT / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("mode", "rate"), [("residual", None), ("hc", 4), ("hc", 2), ("fc", 2)])
+def test_gpt_loss_is_finite_and_decreases(mode: str, rate: int | None) -> None:
+    gpt = _load("examples/mlx_gpt.py")
+    losses = gpt.train(mode, steps=20, rate=rate, seed=0, d=32, context=32, verbose=False)
+    assert len(losses) == 20
+    assert all(math.isfinite(x) for x in losses)
+    assert sum(losses[-5:]) / 5 < losses[0] - 0.3
+
+
+def test_gpt_connections_are_hcref_modules_with_contract_keys() -> None:
+    gpt = _load("examples/mlx_gpt.py")
+    import hcref_mlx
+
+    model = gpt.GPT(10, d=16, layers=1, heads=2, context=8, mode="hc", rate=2)
+    assert [type(c) for c in model.connections] == [hcref_mlx.HyperConnections] * 2
+    assert [c.layer_index for c in model.connections] == [0, 1]
+    assert "A_m" in model.parameters()["connections"][1]
+    model = gpt.GPT(10, d=16, layers=1, heads=2, context=8, mode="fc", rate=2)
+    assert isinstance(model.begin, hcref_mlx.FracSplit) and isinstance(model.end, hcref_mlx.FracMerge)
+    with pytest.raises(ValueError, match="mode: expected"):
+        gpt.GPT(10, d=16, layers=1, heads=2, context=8, mode="dense", rate=2)
+
+
+def test_gpt_main_prints_the_loss(capsys: pytest.CaptureFixture[str]) -> None:
+    gpt = _load("examples/mlx_gpt.py")
+    losses = gpt.main(["--mode", "fc", "--steps", "3", "--rate", "4", "--seed", "1"])
+    assert len(losses) == 3
+    out = capsys.readouterr().out
+    assert "step    0  loss" in out and "mode=fc rate=4" in out
