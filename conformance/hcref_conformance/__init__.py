@@ -52,7 +52,7 @@ def run(
     """
     import pytest
 
-    from .loading import load_backend, spec_of
+    from .loading import spec_of
 
     args = ["-p", "hcref_conformance.plugin", "-p", "no:cacheprovider", "--pyargs", "hcref_conformance"]
     plugins: list[Any] = []
@@ -68,9 +68,6 @@ def run(
                           ("--skips-file", skips_file), ("--report-json", report_json)):
         if value is not None:
             args += [option, str(value)]
-    if plugins:
-        import pluggy  # noqa: F401  (pytest's dependency; registering by name below)
-
     return int(pytest.main([*args, *pytest_args], plugins=[_named(p) for p in plugins]))
 
 

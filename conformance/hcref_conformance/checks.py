@@ -59,7 +59,8 @@ def _context(backend: Any, case: Case, dtype: str, device: str, check: str, name
              values: Sequence[Any]) -> Context:
     options = ", ".join(f"{k}={v!r}" for k, v in case.options.items())
     if check in ("site", "network", "prenorm"):
-        options += f"{', ' if options else ''}sublayer T(h) = hc_width(expand(h, 1), hc_coeffs(expand(h, 1), P, norm='rmsnorm'))[0]"
+        sublayer = "sublayer T(h) = hc_width(expand(h, 1), hc_coeffs(expand(h, 1), P, norm='rmsnorm'))[0]"
+        options += f"{', ' if options else ''}{sublayer}"
     return Context(
         op=case.op,
         check=check,

@@ -24,7 +24,7 @@ ALL_MAX_EXAMPLES = 10
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (the options mirror the pytest plugin's)."""
-    from .plugin import OPTIONS
+    from .plugin import NO_SHRINK, OPTIONS
 
     parser = argparse.ArgumentParser(
         prog="python -m hcref_conformance",
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for option, env, text in OPTIONS:
         parser.add_argument(option, default=None, help=f"{text} [env {env}]")
+    parser.add_argument(NO_SHRINK[0], action="store_true", help=f"{NO_SHRINK[2]} [env {NO_SHRINK[1]}=1]")
     parser.add_argument("--all", action="store_true",
                         help=f"run every installed first-party backend ({', '.join(FIRST_PARTY)}); "
                         f"default --max-examples {ALL_MAX_EXAMPLES}")
@@ -49,6 +50,8 @@ def pytest_args(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
         value = getattr(args, option.lstrip("-").replace("-", "_"))
         if value is not None:
             out += [option, str(value)]
+    if args.no_shrink:
+        out.append("--no-shrink")
     return out + list(extra)
 
 
@@ -120,4 +123,6 @@ def pytest_args_for_cli(args: argparse.Namespace) -> list[str]:
         value = getattr(args, option.lstrip("-").replace("-", "_"))
         if value is not None:
             out += [option, str(value)]
+    if args.no_shrink:
+        out.append("--no-shrink")
     return out

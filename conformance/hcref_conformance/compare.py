@@ -13,7 +13,6 @@ import numpy as np
 
 from hcref.tolerances import Tolerance
 
-
 OBSERVERS: list[Callable[..., None]] = []
 """Callbacks ``(context, label, out, ref, scale)`` run on every comparison (calibration)."""
 

@@ -10,6 +10,7 @@ Options (each with an environment twin, used when the option is not given):
     --xfails-file PATH       HCREF_XFAILS_FILE  test-id prefixes to mark xfail (one a line, # comments)
     --skips-file PATH        HCREF_SKIPS_FILE   test-id prefixes to skip
     --report-json PATH       HCREF_REPORT_JSON  write the JSON report
+    --no-shrink              HCREF_NO_SHRINK=1  report the first failing example unshrunk (fast failures)
 
 No backend, or one that fails to import, stops the run with a usage error (exit code 4).
 Hypothesis xfails can be flaky (an xfailed property may find no failing example and XPASS),
@@ -59,6 +60,7 @@ class State:
     xfails_file: str | None
     skips_file: str | None
     report_json: str | None
+    shrink: bool = True
     recorder: Recorder = field(default_factory=Recorder)
     started: float = field(default_factory=time.perf_counter)
     totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
@@ -72,11 +74,16 @@ def _dest(option: str) -> str:
     return "hcref_" + option.lstrip("-").replace("-", "_")
 
 
+NO_SHRINK = ("--no-shrink", "HCREF_NO_SHRINK", "report the first failing example without shrinking it")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("hcref", "hcref conformance suite")
     for option, env, text in OPTIONS:
         group.addoption(option, "--hcref-" + option.lstrip("-"), dest=_dest(option), default=None,
                         help=f"{text} [env {env}]")
+    group.addoption(NO_SHRINK[0], "--hcref-no-shrink", dest=_dest(NO_SHRINK[0]), action="store_true",
+                    default=False, help=f"{NO_SHRINK[2]} [env {NO_SHRINK[1]}=1]")
 
 
 def _option(config: pytest.Config, option: str, env: str) -> str | None:
@@ -132,11 +139,12 @@ def resolve(config: pytest.Config) -> State:
         xfails_file=values["--xfails-file"],
         skips_file=values["--skips-file"],
         report_json=values["--report-json"],
+        shrink=not (config.getoption(_dest(NO_SHRINK[0])) or os.environ.get(NO_SHRINK[1], "") not in ("", "0")),
     )
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from hypothesis import HealthCheck, settings
+    from hypothesis import HealthCheck, Phase, settings
 
     config.addinivalue_line("python_files", "tests_*.py")
     state = resolve(config)
@@ -149,6 +157,7 @@ def pytest_configure(config: pytest.Config) -> None:
         database=None,
         print_blob=False,
         suppress_health_check=list(HealthCheck),
+        phases=list(Phase) if state.shrink else [Phase.explicit, Phase.reuse, Phase.generate],
     )
     settings.load_profile("hcref-conformance")
 
@@ -165,7 +174,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"({getattr(b, 'framework_version', '?')})",
         f"  device {state.device}; dtypes {','.join(state.dtypes) or '(none)'}"
         + (f"; not supported, skipped: {','.join(state.unsupported)}" if state.unsupported else ""),
-        f"  max examples {state.max_examples}; seed {'derandomized' if state.seed is None else state.seed}",
+        f"  max examples {state.max_examples}; seed {'derandomized' if state.seed is None else state.seed}"
+        + ("" if state.shrink else "; no shrinking"),
     ]
     env = {k: v for k, v in os.environ.items() if k.startswith("HCREF_")}
     lines.append("  environment: " + (", ".join(f"{k}={v}" for k, v in sorted(env.items())) or "(no HCREF_* set)"))

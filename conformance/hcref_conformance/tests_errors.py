@@ -39,7 +39,7 @@ def _with(params: dict[str, np.ndarray], key: str, value: np.ndarray) -> dict[st
 
 # (id, op, positional args (NumPy or ints), keyword options)
 BAD_INPUTS: list[tuple[str, str, tuple[Any, ...], dict[str, Any]]] = [
-    ("rank0", "expand", (np.float64(1.0).reshape(()), 2), {}),
+    ("rank0", "expand", (np.array(1.0), 2), {}),
     ("n0", "expand", (np.ones(3), 0), {}),
     ("n-float", "expand", (np.ones(3), 2.0), {}),
     ("n-bool", "expand", (np.ones(3), True), {}),

@@ -1,0 +1,61 @@
+"""The conformance suite catches broken backends: every mutant in ``tests/mutants`` fails,
+and a failure names the broken op (with a repro snippet).
+
+Each mutant runs in a fresh interpreter (``python -m hcref_conformance``), float64 only
+(every mutant is visible there), few examples and no shrinking, so the whole file takes
+well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+
+from mutants import MUTANTS  # noqa: E402
+
+
+def run_suite(backend: str, tmp_path: Path, *options: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """Run the suite on ``backend`` in a subprocess; return the process and its JSON report."""
+    report = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    env = {k: v for k, v in env.items() if not k.startswith("HCREF_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "hcref_conformance", "--backend", backend, "--report-json", str(report), "-q",
+         *options, "--", "-p", "no:warnings"],
+        capture_output=True, text=True, check=False, env=env, cwd=TESTS.parent, timeout=600,
+    )
+    data = json.loads(report.read_text()) if report.exists() else {}
+    return done, data
+
+
+@pytest.mark.parametrize("name", sorted(MUTANTS))
+def test_mutant_is_caught(name: str, tmp_path: Path) -> None:
+    mutant = MUTANTS[name]
+    done, report = run_suite(f"mutants:{name}", tmp_path, "--dtypes", "float64", "--max-examples", "4",
+                             "--no-shrink")
+    assert done.returncode == 1, f"{name} ({mutant.description}) was not caught:\n{done.stdout[-3000:]}"
+    assert report["totals"]["failed"] > 0
+    blamed = [f for f in report["failures"] if f["op"] == mutant.broken_op]
+    assert blamed, (f"{name}: no failure names {mutant.broken_op}; failing ops: "
+                    f"{sorted({f['op'] for f in report['failures']})}")
+    message = blamed[0]["message"]
+    assert f"op {mutant.broken_op} " in message, message
+    assert f"on backend {mutant.name} " in message.splitlines()[0]
+    assert f"load_backend('mutants:{name}')" in message, "the repro snippet does not load the backend under test"
+    assert f"op {mutant.broken_op}" in done.stdout, "the terminal output does not name the broken op"
+    row = [r for r in report["rows"] if r["op"] == mutant.broken_op and r["dtype"] == "float64"]
+    assert row and row[0]["status"] == "FAIL"
+
+
+def test_there_are_enough_distinct_mutants() -> None:
+    assert len(MUTANTS) >= 12
+    assert len({m.description for m in MUTANTS.values()}) == len(MUTANTS)
+    assert len({type(m) for m in MUTANTS.values()}) == len(MUTANTS)
