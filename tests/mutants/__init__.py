@@ -12,13 +12,16 @@ Load one with ``--backend mutants:NAME`` and ``tests`` on ``PYTHONPATH``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+from hcref_numpy import NumpyBackend, _Record
 
 import hcref
 from hcref.optable import OPS
-from hcref_numpy import NumpyBackend, _Record
+
+Patch = Callable[[Callable[..., Any]], Callable[..., Any]]
+"""Turns a reference VJP into a broken one."""
 
 
 class Mutant(NumpyBackend):
@@ -26,7 +29,7 @@ class Mutant(NumpyBackend):
 
     broken_op = ""
     description = ""
-    vjp_patches: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {}
+    vjp_patches: ClassVar[dict[str, Patch]] = {}
 
     def _emit(self, name: str, out: Any, *args: Any, **kwargs: Any) -> Any:
         if self._tape is not None:
@@ -178,7 +181,7 @@ def _grads_averaged(vjp: Callable[..., Any]) -> Callable[..., Any]:
 
 class GradNotSummed(Mutant):
     broken_op, description = "hc_coeffs", "static parameter gradients averaged, not summed, over tokens"
-    vjp_patches = {"hc_coeffs_vjp": _grads_averaged}
+    vjp_patches: ClassVar[dict[str, Patch]] = {"hc_coeffs_vjp": _grads_averaged}
 
 
 def _drop_h0_term(vjp: Callable[..., Any]) -> Callable[..., Any]:
@@ -191,7 +194,7 @@ def _drop_h0_term(vjp: Callable[..., Any]) -> Callable[..., Any]:
 
 class VjpTermDropped(Mutant):
     broken_op, description = "hc_width", "VJP of H drops the A_m g_h0 term"
-    vjp_patches = {"hc_width_vjp": _drop_h0_term}
+    vjp_patches: ClassVar[dict[str, Patch]] = {"hc_width_vjp": _drop_h0_term}
 
 
 def _gate_grad_zero(vjp: Callable[..., Any]) -> Callable[..., Any]:
@@ -204,7 +207,7 @@ def _gate_grad_zero(vjp: Callable[..., Any]) -> Callable[..., Any]:
 
 class GateGradDropped(Mutant):
     broken_op, description = "fc_coeffs", "no gradient for the gate s_alpha"
-    vjp_patches = {"fc_coeffs_vjp": _gate_grad_zero}
+    vjp_patches: ClassVar[dict[str, Patch]] = {"fc_coeffs_vjp": _gate_grad_zero}
 
 
 MUTANTS: dict[str, Mutant] = {

@@ -1,0 +1,131 @@
+"""Measure the worst errors of backends against the reference, to calibrate :mod:`hcref.tolerances`.
+
+    python -m hcref_conformance.calibrate --backends hcref_numpy,hcref_torch --cases 200
+
+For every op (forward and VJP), site, network and Pre-Norm check, ``--cases`` random cases
+drawn like the suite's (same shape caps, options and scales) plus the special cases run on
+each backend and dtype; every compared array contributes ``max|out - ref| / scale``
+(``scale = max|ref|``, or the largest over a parameter mapping), the quantity that
+:mod:`hcref.tolerances` bounds by ``rtol``. The worst value per dtype, kind (forward or
+gradient) and group (op or composite) is printed with where it occurred, as a table to copy
+into ``hcref/tolerances.py``. Failures against the current table are counted, not raised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from hcref.validation import NORMS
+
+from . import compare
+from .cases import Case
+from .checks import COMPOSITES, run_check
+from .loading import BackendLoadError, load_backend
+from .strategies import (
+    MAX_LEAD,
+    MAX_LEAD_AXES,
+    MAX_ROWS,
+    MAX_WIDTH,
+    MIN_COMPOSITE_WIDTH,
+    OP_NAMES,
+    SCALES,
+    has_coefficients,
+    is_composite,
+    special_cases,
+)
+
+
+def random_case(op: str, rng: np.random.Generator, dtype: str) -> Case:
+    """A case drawn from the same space as :func:`hcref_conformance.strategies.draw_case`."""
+    lead = tuple(int(v) for v in rng.integers(1, MAX_LEAD + 1, size=int(rng.integers(0, MAX_LEAD_AXES + 1))))
+    scales = SCALES[:2] if dtype == "float16" else SCALES
+    fields: dict[str, Any] = {
+        "lead": lead,
+        "k": int(rng.integers(1, MAX_ROWS + 1)),
+        "w": int(rng.integers(MIN_COMPOSITE_WIDTH if is_composite(op) else 1, MAX_WIDTH + 1)),
+        "seed": int(rng.integers(0, 2**32)),
+        "scale": float(scales[int(rng.integers(len(scales)))]),
+    }
+    if has_coefficients(op):
+        fields.update(
+            dynamic=bool(rng.integers(2)), norm=str(NORMS[int(rng.integers(len(NORMS)))]),
+            use_tanh=bool(rng.integers(2)), use_norm=bool(rng.integers(2)), use_scale=bool(rng.integers(2)),
+            init=op.endswith("_prenorm") or bool(rng.integers(2)), layer_index=int(rng.integers(0, 2 * MAX_ROWS + 1)),
+        )
+    return Case(op=op, **fields)
+
+
+def measure(specs: Sequence[str], dtypes: Sequence[str], cases: int, seed: int = 0) -> dict[str, Any]:
+    """Worst relative errors: ``{dtype: {"forward"|"gradient": {"op"|"composite": (value, where)}}}``."""
+    worst: dict[str, dict[str, dict[str, list[Any]]]] = {}
+    failures: dict[str, int] = {}
+    current: dict[str, Any] = {}
+
+    def observe(ctx: compare.Context, label: str, out: np.ndarray, ref: np.ndarray, scale: float | None) -> None:
+        diff = np.abs(out.astype(np.float64) - ref)
+        if diff.size == 0:
+            return
+        s = float(np.max(np.abs(ref))) if scale is None else scale
+        value = float(np.max(diff)) / s if s > 0 else (0.0 if float(np.max(diff)) == 0 else float("inf"))
+        kind = "gradient" if label.startswith("g_") else "forward"
+        group = "composite" if ctx.check in ("site", "network", "prenorm") else "op"
+        slot = worst.setdefault(ctx.dtype, {}).setdefault(kind, {}).setdefault(group, [0.0, ""])
+        if value > slot[0]:
+            slot[0], slot[1] = value, f"{current['spec']} {ctx.op} {ctx.check} {label} {current['case']!r}"
+
+    compare.OBSERVERS.append(observe)
+    try:
+        for spec in specs:
+            try:
+                backend = load_backend(spec)
+            except BackendLoadError as exc:
+                print(f"skipping {spec}: {exc}")
+                continue
+            supported = {d for dev, d in backend.capabilities() if dev == "cpu"}
+            for dtype in [d for d in dtypes if d in supported]:
+                rng = np.random.default_rng(seed)
+                for op in list(OP_NAMES) + list(COMPOSITES):
+                    checks = ("forward", "vjp") if op in OP_NAMES else (op.split("_", 1)[1],)
+                    drawn = [random_case(op, rng, dtype) for _ in range(cases)]
+                    for case in drawn + [c for _, c in special_cases(op)]:
+                        current.update(spec=spec, case=case)
+                        for check in checks:
+                            try:
+                                run_check(check, backend, case, dtype=dtype)
+                            except compare.ConformanceError:
+                                key = f"{spec} {dtype} {op} {check}"
+                                failures[key] = failures.get(key, 0) + 1
+    finally:
+        compare.OBSERVERS.remove(observe)
+    return {"worst": worst, "failures_against_current_table": failures}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line of the calibration."""
+    parser = argparse.ArgumentParser(prog="python -m hcref_conformance.calibrate", description=__doc__)
+    parser.add_argument("--backends", default="hcref_numpy,hcref_torch,hcref_jax,hcref_mlx")
+    parser.add_argument("--dtypes", default="float64,float32,bfloat16,float16")
+    parser.add_argument("--cases", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="also write the result here")
+    args = parser.parse_args(argv)
+    result = measure(args.backends.split(","), args.dtypes.split(","), args.cases, args.seed)
+    for dtype, kinds in result["worst"].items():
+        for kind, groups in kinds.items():
+            for group, (value, where) in groups.items():
+                print(f"{dtype:<9} {kind:<9} {group:<10} {value:.3e}   {where}")
+    for key, count in sorted(result["failures_against_current_table"].items()):
+        print(f"fails the current table: {key}: {count}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
