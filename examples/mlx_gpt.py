@@ -71,6 +71,9 @@ class GPT(nn.Module):
         self.mode, self.rate = mode, rate
         self.tok = nn.Embedding(vocab, d)
         self.pos = nn.Embedding(context, d)
+        # torch's N(0, 1) embedding init (MLX's default is N(0, 1/d)), as in examples/torch_gpt.py
+        self.tok.weight = mx.random.normal(self.tok.weight.shape)
+        self.pos.weight = mx.random.normal(self.pos.weight.shape)
         self.sublayers = [m for _ in range(layers) for m in (Attention(d, heads), MLP(d))]
         self.connections: list[Any] = []
         if mode == "hc":
