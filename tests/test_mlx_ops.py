@@ -359,3 +359,34 @@ def test_lower_precision_against_float64_reference(
                 close(g[key], e[key], key)
         else:
             close(g, e, "vjp")
+
+
+@pytest.mark.skipif(not mx.is_available(mx.gpu), reason="no MLX GPU device (Metal or CUDA) on this machine")
+def test_gpu_matches_cpu_and_float64_stays_on_the_cpu() -> None:
+    """On a machine with an MLX GPU: float32 coefficients on the GPU stream equal the CPU's, and
+    float64 ops and VJPs still run (on the CPU stream) while the GPU is the default device."""
+    rng = np.random.default_rng(0)
+    H = rng.normal(size=(8, 4, 16))
+    params = _params("hc", 4, 16, rng, dynamic=True, norm="layernorm")
+    H32, p32 = _to_mx(H, "float32"), _to_mx(params, "float32")
+    with mx.stream(mx.cpu):
+        cpu = hcref_mlx.hc_coeffs(H32, p32)
+    with mx.stream(mx.gpu):
+        gpu = hcref_mlx.hc_coeffs(H32, p32)
+    for a, b in zip(cpu, gpu):
+        np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-5, atol=1e-6)
+    previous = mx.default_device()
+    mx.set_default_device(mx.gpu)
+    try:
+        H64, p64 = _to_mx(H), _to_mx(params)
+        alpha, beta = hcref_mlx.hc_coeffs(H64, p64)
+        ref_alpha, ref_beta = hcref.hc_coeffs(H, params)
+        np.testing.assert_allclose(backend.to_numpy(alpha), ref_alpha, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(backend.to_numpy(beta), ref_beta, rtol=1e-12, atol=1e-12)
+        g = rng.normal(size=ref_beta.shape)
+        (g_p,) = backend.vjp(lambda p: hcref_mlx.hc_coeffs(H64, p)[1], [p64], [_to_mx(g)])
+        _, ref_g = hcref.hc_coeffs_vjp(H, params, np.zeros_like(ref_alpha), g)
+        for key in ref_g:
+            np.testing.assert_allclose(backend.to_numpy(g_p[key]), ref_g[key], rtol=1e-10, atol=1e-12, err_msg=key)
+    finally:
+        mx.set_default_device(previous)

@@ -41,7 +41,7 @@ class MLXBackend:
 
     name = "hcref_mlx"
     version = hcref.__version__
-    framework_version = f"mlx {mx.__version__}"
+    framework_version = f"mlx {getattr(mx, '__version__', '?')}"
 
     expand = staticmethod(ops.expand)
     reduce = staticmethod(ops.reduce)
