@@ -390,3 +390,18 @@ def test_gpu_matches_cpu_and_float64_stays_on_the_cpu() -> None:
             np.testing.assert_allclose(backend.to_numpy(g_p[key]), ref_g[key], rtol=1e-10, atol=1e-12, err_msg=key)
     finally:
         mx.set_default_device(previous)
+
+
+def test_import_loads_mlx_and_no_other_framework_or_backend() -> None:
+    """Backends never import each other, and hcref_mlx is where mlx comes in (spec README section 3)."""
+    import json
+    import subprocess
+    import sys
+
+    code = "import json, sys, hcref_mlx; print(json.dumps(sorted({n.split('.')[0] for n in sys.modules})))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert "mlx" in loaded
+    others = {"torch", "jax", "jaxlib", "flax", "tensorflow", "hcref_torch", "hcref_jax", "hcref_numpy"}
+    assert not loaded & others, sorted(loaded & others)
