@@ -122,7 +122,7 @@ def train(
     data = np.array([chars.index(c) for c in text], dtype=np.int32)
     model = GPT(len(chars), d=d, layers=layers, heads=heads, context=context, mode=mode, rate=rate)
     mx.eval(model.parameters())
-    opt = optim.AdamW(learning_rate=lr, weight_decay=0.0)
+    opt = optim.AdamW(learning_rate=lr, weight_decay=0.0, bias_correction=True)  # as torch.optim.AdamW
 
     def loss_fn(model: GPT, xb: mx.array, yb: mx.array) -> mx.array:
         return nn.losses.cross_entropy(model(xb), yb, reduction="mean")
