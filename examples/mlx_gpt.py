@@ -1,5 +1,6 @@
 """A tiny character-level GPT on examples/data/tiny.txt whose residual connections are plain
-residuals, Hyper-Connections or Frac-Connections (hcref_mlx), trained with MLX (CPU or GPU).
+residuals, Hyper-Connections or Frac-Connections (hcref_mlx), trained with MLX on its default
+device (tested on the Linux CPU build, `mlx[cpu]`).
 
     python examples/mlx_gpt.py --mode hc --rate 4 --steps 300
     python examples/mlx_gpt.py --mode fc --rate 2
