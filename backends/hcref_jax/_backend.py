@@ -41,7 +41,7 @@ def _platforms() -> list[str]:
 
 
 class JaxBackend:
-    """hcref on jax arrays (cpu/gpu, any floating dtype); ops jitted, gradients by ``jax.vjp`` under jit.
+    """hcref on jax arrays (cpu/gpu, any floating dtype); every op jitted, gradients by ``jax.vjp``.
 
     float64 needs ``jax_enable_x64`` (``prepare_for_conformance`` sets it); without it ``asarray``
     refuses ``"float64"`` rather than silently returning float32.
@@ -50,6 +50,9 @@ class JaxBackend:
     name = "hcref_jax"
     version = hcref.__version__
     framework_version = f"jax {jax.__version__}"
+
+    def __init__(self, *, jit_vjp: bool = False) -> None:
+        self.jit_vjp = jit_vjp
 
     expand = staticmethod(_jit(ops.expand, ("n",)))
     reduce = staticmethod(_jit(ops.reduce))
@@ -92,11 +95,14 @@ class JaxBackend:
         return ops.dtype_name(x.dtype)
 
     def vjp(self, fn: Callable[..., Any], primals: Sequence[Any], cotangents: Sequence[Any]) -> tuple[Any, ...]:
-        """Cotangents of ``primals`` (a mapping for a mapping) for ``fn`` by ``jax.vjp``, under ``jax.jit``.
+        """Cotangents of ``primals`` (a mapping for a mapping) for ``fn`` by ``jax.vjp``.
 
         Array primals (and mappings of arrays) are differentiated; a primal that does not reach an
         output gets zeros; any other primal is closed over and gets ``None``. Cotangents are cast to
-        their output's dtype.
+        their output's dtype. The backend's ops inside ``fn`` are jitted, so the forward and the
+        backward of every op run as compiled XLA computations (cached per shape, dtype and options).
+        With ``jit_vjp=True`` the whole pullback is also jitted as one program; that compiles anew
+        for every new ``fn`` (the suite builds one per check), so it is off by default.
         """
         primals = list(primals)
         diff_idx = [
@@ -124,7 +130,7 @@ class JaxBackend:
             return tuple(pullback(cast if isinstance(out, tuple) else cast[0]))
 
         diff = [dict(primals[i]) if isinstance(primals[i], Mapping) else primals[i] for i in diff_idx]
-        grads = jax.jit(pull)(diff, tuple(cotangents))
+        grads = (jax.jit(pull) if self.jit_vjp else pull)(diff, tuple(cotangents))
         result: list[Any] = [None] * len(primals)
         for i, g in zip(diff_idx, grads):
             result[i] = g
