@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"run every installed first-party backend ({', '.join(FIRST_PARTY)}); "
                         f"default --max-examples {ALL_MAX_EXAMPLES}")
     parser.add_argument("-q", "--quiet", action="store_true", help="less pytest output")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="--all: backends run at the same time (default: 2, or 1 on one core)")
     return parser
 
 
@@ -78,24 +80,41 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_all(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    """Run each installed first-party backend in a fresh interpreter; print a summary per backend."""
+    """Run each installed first-party backend in a fresh interpreter (``--jobs`` at a time) and
+    print each one's output and summary, then one line per backend with its runtime."""
     if args.max_examples is None:
         args.max_examples = str(ALL_MAX_EXAMPLES)
     args.quiet = True
-    results: list[tuple[str, str, float, str]] = []
-    status = 0
-    for name in FIRST_PARTY:
-        if not is_installed(name):
-            results.append((name, "not installed", 0.0, ""))
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            report = os.path.join(tmp, "report.json")
-            args.backend, args.report_json = name, report
-            command = [sys.executable, "-m", "hcref_conformance", *pytest_args_for_cli(args), "--", *extra]
-            print(f"\n=== {name}: {' '.join(command[1:])}", flush=True)
-            start = time.perf_counter()
-            code = subprocess.call(command)
-            seconds = time.perf_counter() - start
+    installed = [name for name in FIRST_PARTY if is_installed(name)]
+    with tempfile.TemporaryDirectory() as tmp:
+        running: dict[str, tuple[subprocess.Popen[bytes], float, str, str]] = {}
+        done: dict[str, tuple[int, float, str, str]] = {}
+        queue = list(installed)
+        while queue or running:
+            while queue and len(running) < max(1, args.jobs):
+                name = queue.pop(0)
+                report, log = os.path.join(tmp, f"{name}.json"), os.path.join(tmp, f"{name}.log")
+                args.backend, args.report_json = name, report
+                command = [sys.executable, "-m", "hcref_conformance", *pytest_args_for_cli(args), "--", *extra]
+                with open(log, "wb") as handle:
+                    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+                running[name] = (process, time.perf_counter(), report, log)
+                print(f"started {name}: python {' '.join(command[1:])}", flush=True)
+            time.sleep(0.2)
+            for name, (process, start, report, log) in list(running.items()):
+                if process.poll() is not None:
+                    done[name] = (process.returncode, time.perf_counter() - start, report, log)
+                    del running[name]
+                    print(f"finished {name} in {done[name][1]:.1f}s", flush=True)
+        lines = ["", "hcref conformance --all"]
+        status = 0
+        for name in FIRST_PARTY:
+            if name not in done:
+                lines.append(f"  {name:<12} not installed")
+                continue
+            code, seconds, report, log = done[name]
+            with open(log, encoding="utf-8", errors="replace") as handle:
+                print(f"\n=== {name} ===\n{handle.read()}", end="")
             detail = ""
             if os.path.exists(report):
                 with open(report, encoding="utf-8") as handle:
@@ -104,13 +123,10 @@ def run_all(args: argparse.Namespace, extra: Sequence[str]) -> int:
                 failing = sorted({f"{r['op']}/{r['dtype']}" for r in data["rows"] if r["status"] == "FAIL"})
                 if failing:
                     detail += "; failing: " + ", ".join(failing)
-        verdict = "passed" if code == 0 else ("did not load" if code == 4 else "FAILED")
-        status = status or (code if code else 0)
-        results.append((name, verdict, seconds, detail))
-    print("\nhcref conformance --all")
-    for name, verdict, seconds, detail in results:
-        timing = f"{seconds:6.1f}s" if seconds else "       "
-        print(f"  {name:<12} {verdict:<14} {timing}  {detail}")
+            verdict = "passed" if code == 0 else ("did not load" if code == 4 else "FAILED")
+            status = status or code
+            lines.append(f"  {name:<12} {verdict:<13} {seconds:7.1f}s  {detail}")
+    print("\n".join(lines))
     return 1 if status else 0
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,8 +89,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def _option(config: pytest.Config, option: str, env: str) -> str | None:
     value = config.getoption(_dest(option))
     if value is None:
-        value = os.environ.get(env) or None
-    return value
+        return os.environ.get(env) or None
+    return str(value)
 
 
 def _int(name: str, value: str | None, default: int | None) -> int | None:
@@ -268,9 +268,9 @@ def _message(excinfo: Any) -> str:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     outcome = yield
-    report = outcome.get_result()
+    report: pytest.TestReport = outcome.get_result()
     if _STATE not in item.config.stash:
         return
     state = _state(item.config)

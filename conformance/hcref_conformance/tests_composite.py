@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from .cases import Case
-from .checks import run_check
+from .checks import run_in_test
 from .strategies import draw_case, special_params
 
 COMPOSITE_OPS = ("hc_site", "fc_site", "hc_network", "fc_network")
@@ -25,10 +25,12 @@ COMPOSITE_OPS = ("hc_site", "fc_site", "hc_network", "fc_network")
 def test_composite(backend: Any, device: str, dtype: str, op: str, recorder: Any, data: Any) -> None:
     case = draw_case(data, op, dtype)
     check = op.split("_", 1)[1]
-    recorder.record(op, dtype, "composite", run_check(check, backend, case, dtype=dtype, device=device))
+    ratio = run_in_test(check, backend, case, dtype=dtype, device=device, hypothesis=True)
+    recorder.record(op, dtype, "composite", ratio)
 
 
 @pytest.mark.parametrize(("op", "case"), special_params(COMPOSITE_OPS))
 def test_composite_special(backend: Any, device: str, dtype: str, op: str, case: Case, recorder: Any) -> None:
     check = op.split("_", 1)[1]
-    recorder.record(op, dtype, "composite", run_check(check, backend, case, dtype=dtype, device=device))
+    ratio = run_in_test(check, backend, case, dtype=dtype, device=device, hypothesis=False)
+    recorder.record(op, dtype, "composite", ratio)

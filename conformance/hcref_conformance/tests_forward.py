@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from .cases import Case
-from .checks import run_check
+from .checks import run_in_test
 from .strategies import OP_NAMES, draw_case, special_params
 
 
@@ -18,9 +18,11 @@ from .strategies import OP_NAMES, draw_case, special_params
 @given(data=st.data())
 def test_forward(backend: Any, device: str, dtype: str, op: str, recorder: Any, data: Any) -> None:
     case = draw_case(data, op, dtype)
-    recorder.record(op, dtype, "forward", run_check("forward", backend, case, dtype=dtype, device=device))
+    ratio = run_in_test("forward", backend, case, dtype=dtype, device=device, hypothesis=True)
+    recorder.record(op, dtype, "forward", ratio)
 
 
 @pytest.mark.parametrize(("op", "case"), special_params(OP_NAMES))
 def test_forward_special(backend: Any, device: str, dtype: str, op: str, case: Case, recorder: Any) -> None:
-    recorder.record(op, dtype, "forward", run_check("forward", backend, case, dtype=dtype, device=device))
+    ratio = run_in_test("forward", backend, case, dtype=dtype, device=device, hypothesis=False)
+    recorder.record(op, dtype, "forward", ratio)

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from .cases import Case
-from .checks import run_check
+from .checks import run_in_test
 from .strategies import draw_case
 
 PRENORM_OPS = ("hc_prenorm", "fc_prenorm")
@@ -26,7 +26,8 @@ PRENORM_OPS = ("hc_prenorm", "fc_prenorm")
 @given(data=st.data())
 def test_prenorm(backend: Any, device: str, dtype: str, op: str, recorder: Any, data: Any) -> None:
     case = draw_case(data, op, dtype)
-    recorder.record(op, dtype, "prenorm", run_check("prenorm", backend, case, dtype=dtype, device=device))
+    ratio = run_in_test("prenorm", backend, case, dtype=dtype, device=device, hypothesis=True)
+    recorder.record(op, dtype, "prenorm", ratio)
 
 
 @pytest.mark.parametrize(
@@ -38,4 +39,5 @@ def test_prenorm(backend: Any, device: str, dtype: str, op: str, recorder: Any, 
     ],
 )
 def test_prenorm_special(backend: Any, device: str, dtype: str, op: str, case: Case, recorder: Any) -> None:
-    recorder.record(op, dtype, "prenorm", run_check("prenorm", backend, case, dtype=dtype, device=device))
+    ratio = run_in_test("prenorm", backend, case, dtype=dtype, device=device, hypothesis=False)
+    recorder.record(op, dtype, "prenorm", ratio)

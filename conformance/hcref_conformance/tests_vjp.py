@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from .cases import Case
-from .checks import run_check
+from .checks import run_in_test
 from .strategies import OP_NAMES, draw_case, special_params
 
 
@@ -19,9 +19,11 @@ from .strategies import OP_NAMES, draw_case, special_params
 @given(data=st.data())
 def test_vjp(backend: Any, device: str, dtype: str, op: str, recorder: Any, data: Any) -> None:
     case = draw_case(data, op, dtype)
-    recorder.record(op, dtype, "vjp", run_check("vjp", backend, case, dtype=dtype, device=device))
+    ratio = run_in_test("vjp", backend, case, dtype=dtype, device=device, hypothesis=True)
+    recorder.record(op, dtype, "vjp", ratio)
 
 
 @pytest.mark.parametrize(("op", "case"), special_params(OP_NAMES))
 def test_vjp_special(backend: Any, device: str, dtype: str, op: str, case: Case, recorder: Any) -> None:
-    recorder.record(op, dtype, "vjp", run_check("vjp", backend, case, dtype=dtype, device=device))
+    ratio = run_in_test("vjp", backend, case, dtype=dtype, device=device, hypothesis=False)
+    recorder.record(op, dtype, "vjp", ratio)
