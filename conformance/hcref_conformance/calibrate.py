@@ -60,7 +60,8 @@ def random_case(op: str, rng: np.random.Generator, dtype: str) -> Case:
     return Case(op=op, **fields)
 
 
-def measure(specs: Sequence[str], dtypes: Sequence[str], cases: int, seed: int = 0) -> dict[str, Any]:
+def measure(specs: Sequence[str], dtypes: Sequence[str], cases: int, seed: int = 0,
+            ops: Sequence[str] | None = None) -> dict[str, Any]:
     """Worst relative errors: ``{dtype: {"forward"|"gradient": {"op"|"composite": (value, where)}}}``."""
     worst: dict[str, dict[str, dict[str, list[Any]]]] = {}
     failures: dict[str, int] = {}
@@ -95,6 +96,8 @@ def measure(specs: Sequence[str], dtypes: Sequence[str], cases: int, seed: int =
                 for op in list(OP_NAMES) + list(COMPOSITES):
                     checks = ("forward", "vjp") if op in OP_NAMES else (op.split("_", 1)[1],)
                     drawn = [random_case(op, rng, dtype) for _ in range(cases)]
+                    if ops is not None and op not in ops:
+                        continue
                     for case in drawn + [c for _, c in special_cases(op)]:
                         current.update(spec=spec, case=case)
                         for check in checks:
@@ -116,10 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backends", default="hcref_numpy,hcref_torch,hcref_jax,hcref_mlx")
     parser.add_argument("--dtypes", default="float64,float32,bfloat16,float16")
     parser.add_argument("--cases", type=int, default=200)
+    parser.add_argument("--ops", default=None, help="comma-separated ops / composite checks (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the result here")
     args = parser.parse_args(argv)
-    result = measure(args.backends.split(","), args.dtypes.split(","), args.cases, args.seed)
+    ops = args.ops.split(",") if args.ops else None
+    result = measure(args.backends.split(","), args.dtypes.split(","), args.cases, args.seed, ops)
     for dtype, kinds in result["worst"].items():
         for kind, groups in kinds.items():
             for group, (value, where) in groups.items():

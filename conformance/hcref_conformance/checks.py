@@ -31,7 +31,8 @@ from hcref.optable import OPS
 from hcref.tolerances import tolerance
 
 from .cases import Case, describe, repro_snippet, to_backend, to_reference
-from .compare import Context, assert_close, assert_structure
+from .compare import Context, assert_close, assert_structure, error_ratio
+from .emulate import RoundingBackend, round_to
 from .loading import spec_of
 
 COMPOSITES = ("hc_site", "fc_site", "hc_network", "fc_network", "hc_prenorm", "fc_prenorm")
@@ -103,6 +104,17 @@ at 65504, so a case whose results reach 1024 (products of them overflow) is out 
 
 class OutOfRange(Exception):
     """The case's values do not fit the dtype's range: a bad draw, rejected (not a failure)."""
+
+
+class IllConditioned(OutOfRange):
+    """The case is too ill-conditioned for the dtype: rounding between ops alone moves the
+    result by most of the tolerance (rejected, not a failure)."""
+
+
+REJECT_ABOVE = 0.5
+"""A site or network case is rejected (ill-conditioned) when an ideal backend that only rounds
+each op's output to the test dtype (:mod:`hcref_conformance.emulate`) already reaches this
+fraction of the tolerance: its errors would then measure the case, not the backend."""
 
 
 def check_range(dtype: str, refs: Sequence[Any]) -> None:
@@ -264,6 +276,21 @@ def check_composite(backend: Any, case: Case, dtype: str, device: str) -> float:
         mode = "residual" if kind == "prenorm" else family
         ref = ref_network.stack(state_r, [t for t, _ in ref_T], mode=mode, connections=params_r, rate=case.k, **opts)
     check_range(dtype, [ref])
+    ideal = RoundingBackend(dtype)
+    ideal_subs = [{k: round_to(dtype, v) for k, v in P.items()} for P in subs_r]
+
+    def ideal_fn(x: Any, *ps: Any) -> Any:
+        if kind == "site":
+            return _backend_site(ideal, family, x, ps[0], _backend_sublayer(ideal, ideal_subs[0]), opts)
+        return _backend_network(ideal, family, case.k, x, ps, ideal_subs, opts)
+
+    ideal_out = ideal_fn(state_r, *params_r)
+    fwd_tol = tolerance(dtype, "forward", contraction=contraction, composite=True)
+    if kind == "prenorm":
+        ideal_out = ideal_out / (case.k if family == "hc" else 1)
+    if error_ratio(ideal_out, np.asarray(ref), fwd_tol) > REJECT_ABOVE:
+        raise IllConditioned(f"rounding between ops alone gives {error_ratio(ideal_out, np.asarray(ref), fwd_tol):.2g}"
+                             f" of the {dtype} tolerance")
     out = fn(state, *params)
     if kind == "prenorm":
         got = np.asarray(backend.to_numpy(out), dtype=np.float64) / (case.k if family == "hc" else 1)
@@ -283,12 +310,20 @@ def check_composite(backend: Any, case: Case, dtype: str, device: str) -> float:
                                               mode=family, connections=params_r, rate=case.k, **opts)
         ref_grads = [g_x, *g_params]
     check_range(dtype, ref_grads)
+    whole = max(_tree_max(r) for r in ref_grads)
+    grad_tol = tolerance(dtype, "gradient", contraction=contraction, composite=True)
+    ideal_grads = ideal.vjp(ideal_fn, [state_r, *params_r], (cot_rounded[0],))
+    for g, r in zip(ideal_grads, ref_grads, strict=True):
+        for key in (r if isinstance(r, Mapping) else [None]):
+            gi, ri = (g, r) if key is None else (g[key], r[key])
+            if error_ratio(np.asarray(gi), np.asarray(ri), grad_tol, whole) > REJECT_ABOVE:
+                raise IllConditioned(f"rounding between ops alone uses over {REJECT_ABOVE:g} of the {dtype} "
+                                     "gradient tolerance")
     if len(grads) != len(ref_grads):
         raise ctx.fail(f"vjp: expected {len(ref_grads)} cotangents, got {len(grads)}")
-    # Composite cotangents are judged as one vector (scale: the largest of all of them): after
-    # several rounded ops, a small parameter gradient that is a sum with cancellation carries
-    # the absolute error of the large ones.
-    whole = max(_tree_max(r) for r in ref_grads)
+    # Composite cotangents are judged as one vector (scale `whole`: the largest of all of them):
+    # after several rounded ops, a small parameter gradient that is a sum with cancellation
+    # carries the absolute error of the large ones.
     for name, g, r in zip(names, grads, ref_grads, strict=True):
         worst = max(worst, _compare_tree(ctx, backend, f"g_{name}", g, r, dtype, "gradient", contraction, True,
                                          whole))

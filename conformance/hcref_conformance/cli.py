@@ -24,7 +24,7 @@ ALL_MAX_EXAMPLES = 10
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (the options mirror the pytest plugin's)."""
-    from .plugin import NO_SHRINK, OPTIONS
+    from .options import NO_SHRINK, OPTIONS
 
     parser = argparse.ArgumentParser(
         prog="python -m hcref_conformance",
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def pytest_args(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
     """The pytest command line for one backend."""
-    from .plugin import OPTIONS
+    from .options import OPTIONS
 
     out = ["-p", "hcref_conformance.plugin", "-p", "no:cacheprovider", "--pyargs", "hcref_conformance",
            "-q" if args.quiet else "-v", "--tb=short", "-rN"]
@@ -132,7 +132,7 @@ def run_all(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 def pytest_args_for_cli(args: argparse.Namespace) -> list[str]:
     """``args`` as options of this command line (for the per-backend subprocess of ``--all``)."""
-    from .plugin import OPTIONS
+    from .options import OPTIONS
 
     out: list[str] = ["-q"] if args.quiet else []
     for option, _, _ in OPTIONS:
