@@ -29,7 +29,10 @@ jax's were below them). ``rtol`` is 5-10x the worst op value, rounded to a reada
 float64 2e-14 / 4e-13, float32 5e-6 / 1e-4, bfloat16 3e-2 / 3e-2 (its output rounding alone
 is 2^-8 = 3.9e-3 of ``max|ref|``), float16 1e-2 / 1e-2. Sites and networks multiply both by
 ``COMPOSITE`` (4-6x their worst values; bfloat16 gradients 2x, because a parameter gradient
-summed with cancellation after several rounded ops is the least accurate quantity). ``atol``
+summed with cancellation after several rounded ops is the least accurate quantity). float64
+and float32 use 10: Hypothesis found float64 networks without norm, tanh or gate scale at
+activations of 100 with a relative error of 3.7e-14 (hcref_torch), 7x the uniform draws'
+worst. ``atol``
 only matters when the reference is exactly zero (e.g. ``g_H`` of a norm over one value).
 
 Two guards keep the measurement about the backend: float16 cases whose reference exceeds
@@ -77,8 +80,8 @@ GRADIENT: Final[dict[str, Tolerance]] = {
 hand-derived reference VJP; about 7x the worst measured error)."""
 
 COMPOSITE: Final[dict[str, float]] = {
-    "float64": 2.0,
-    "float32": 4.0,
+    "float64": 10.0,
+    "float32": 10.0,
     "bfloat16": 10.0,
     "float16": 8.0,
 }
