@@ -31,6 +31,11 @@ def _is_array(x: Any) -> bool:
     return isinstance(x, (jax.Array, np.ndarray, np.generic))
 
 
+def _x64_enabled() -> bool:
+    """Whether float64 arrays are float64 (``jax_enable_x64``), not silently float32."""
+    return bool(jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64)) == jnp.float64)
+
+
 def _platforms() -> list[str]:
     """``cpu`` plus ``gpu`` when jax sees one (JAX names CUDA and ROCm devices ``gpu``)."""
     try:
@@ -70,21 +75,23 @@ class JaxBackend:
 
     def prepare_for_conformance(self) -> None:
         """float64 on (``jax_enable_x64``) and full float32 matmul precision (no TF32 on GPUs)."""
-        jax.config.update("jax_enable_x64", True)
-        jax.config.update("jax_default_matmul_precision", "highest")
+        jax.config.update("jax_enable_x64", True)  # type: ignore[no-untyped-call]
+        jax.config.update("jax_default_matmul_precision", "highest")  # type: ignore[no-untyped-call]
 
     def asarray(self, x: np.ndarray, dtype: str, device: str = "cpu") -> jax.Array:
         platform = {"cuda": "gpu", "rocm": "gpu"}.get(device.split(":")[0], device.split(":")[0])
         if (platform, dtype) not in self.capabilities():
             raise ValueError(f"device/dtype: expected one of {self.capabilities()}, got ({device!r}, {dtype!r})")
-        if dtype == "float64" and not jax.config.jax_enable_x64:
+        if dtype == "float64" and not _x64_enabled():
             raise ValueError(
                 "dtype: float64 needs jax_enable_x64 (call backend.prepare_for_conformance() or "
                 "jax.config.update('jax_enable_x64', True) first)"
             )
         index = int(device.split(":")[1]) if ":" in device else 0
-        return jax.device_put(jnp.asarray(np.asarray(x, dtype=np.float64), dtype=_DTYPES[dtype]),
-                              jax.devices(platform)[index])
+        out: jax.Array = jax.device_put(
+            jnp.asarray(np.asarray(x, dtype=np.float64), dtype=_DTYPES[dtype]), jax.devices(platform)[index]
+        )
+        return out
 
     def to_numpy(self, x: jax.Array) -> np.ndarray:
         if x.dtype == jnp.bfloat16:

@@ -39,7 +39,7 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 def dtype_name(dtype: Any) -> str:
     """``jnp.float32`` (or an array's ``dtype``) -> ``"float32"``; ``bfloat16`` -> ``"bfloat16"``."""
-    return jnp.dtype(dtype).name
+    return str(jnp.dtype(dtype).name)
 
 
 def meta(name: str, x: Any) -> ArrayMeta:
@@ -129,16 +129,20 @@ def _coeffs(
         beta = jnp.broadcast_to(static_beta.astype(out_dtype), (*lead, *static_beta.shape))
         return alpha, beta
     x = jnp.asarray(H).astype(ct)
-    if use_norm and norm == "layernorm":
-        mu = jnp.mean(x, axis=-1, keepdims=True)
-        xc = x - mu
-        r = jax.lax.rsqrt(jnp.mean(xc * xc, axis=-1, keepdims=True) + LAYERNORM_EPS)
-        x = params["norm_weight"].astype(ct) * (xc * r) + params["norm_bias"].astype(ct)
-    elif use_norm and norm == "rmsnorm":
-        r = jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + RMSNORM_EPS)
-        x = params["norm_weight"].astype(ct) * (x * r)
     W = jnp.concatenate([params["W_alpha"].astype(ct), params["W_beta"].astype(ct)[:, None]], axis=-1)
-    u = jnp.matmul(x, W, precision=_HIGHEST)  # (..., k, c+1)
+    if use_norm and norm == "rmsnorm":
+        # rmsnorm(x) W = r * (x (diag(weight) W)) with r = (mean(x^2) + eps)^(-1/2) per row: the
+        # normalised H is never materialised (one reduction pass and one matmul pass over H; on a
+        # 2-core CPU this is 6x faster than normalising first, as in hcref_torch).
+        r = jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + RMSNORM_EPS)
+        u = r * jnp.matmul(x, params["norm_weight"].astype(ct)[:, None] * W, precision=_HIGHEST)
+    else:
+        if use_norm and norm == "layernorm":
+            mu = jnp.mean(x, axis=-1, keepdims=True)
+            xc = x - mu
+            r = jax.lax.rsqrt(jnp.mean(xc * xc, axis=-1, keepdims=True) + LAYERNORM_EPS)
+            x = params["norm_weight"].astype(ct) * (xc * r) + params["norm_bias"].astype(ct)
+        u = jnp.matmul(x, W, precision=_HIGHEST)  # (..., k, c+1)
     if use_tanh:
         u = jnp.tanh(u)
     c = static_alpha.shape[-1]
