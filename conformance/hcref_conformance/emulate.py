@@ -1,9 +1,10 @@
-"""A float64 stand-in for a low-precision backend: the reference ops with every output rounded
-to the test dtype, as a backend that stores each op's result in that dtype must do.
+"""A float64 stand-in for an ideal backend of a given dtype: the reference ops, each output
+with a few roundoffs of error and rounded to the test dtype, as a good backend that stores
+each op's result in that dtype does.
 
 The suite runs a site or network on it to tell a case the dtype cannot resolve from a
-backend bug: when even this ideal backend (exact arithmetic inside each op, rounding only
-between ops) uses most of the tolerance, the case is rejected as ill-conditioned.
+backend bug: when even this ideal backend uses most of the tolerance, the case is rejected
+as ill-conditioned.
 """
 
 from __future__ import annotations
@@ -30,16 +31,31 @@ def round_to(dtype: str, x: np.ndarray) -> np.ndarray:
     raise ValueError(f"dtype: expected one of float64, float32, bfloat16, float16, got {dtype!r}")
 
 
-class RoundingBackend(NumpyBackend):  # type: ignore[misc]
-    """The NumPy reference in float64, every op output rounded to ``dtype`` (VJPs stay exact)."""
+UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "bfloat16": 2.0**-9, "float16": 2.0**-11}
+"""Half the distance from 1 to the next number of each dtype."""
 
-    def __init__(self, dtype: str) -> None:
+OP_ERROR_ULPS = 4.0
+"""Error of one op of the ideal backend, in units of roundoff of ``max|out|`` (a good backend's
+ops measured within a few; see hcref.tolerances)."""
+
+
+class RoundingBackend(NumpyBackend):  # type: ignore[misc]
+    """The NumPy reference in float64 as an ideal ``dtype`` backend: every op output gets a random
+    error of :data:`OP_ERROR_ULPS` roundoffs of its largest value and is rounded to ``dtype``
+    (VJPs stay exact, on those rounded intermediates)."""
+
+    def __init__(self, dtype: str, seed: int = 0) -> None:
         super().__init__()
         self.dtype = dtype
+        self.rng = np.random.default_rng([seed, 3])
+
+    def _perturb(self, x: np.ndarray) -> np.ndarray:
+        size = OP_ERROR_ULPS * UNIT_ROUNDOFF[self.dtype] * (float(np.max(np.abs(x))) if x.size else 0.0)
+        return round_to(self.dtype, x + size * self.rng.uniform(-1, 1, x.shape))
 
     def _call(self, spec: OpSpec, *args: Any, **kwargs: Any) -> Any:
         out = getattr(hcref, spec.name)(*args, **kwargs)
-        outs = tuple(round_to(self.dtype, o) for o in (out if isinstance(out, tuple) else (out,)))
+        outs = tuple(self._perturb(np.asarray(o)) for o in (out if isinstance(out, tuple) else (out,)))
         if self._tape is not None:
             self._tape.append(_Record(spec, args, kwargs, outs))
         return outs if isinstance(out, tuple) else outs[0]
