@@ -49,6 +49,9 @@ def test_mutant_is_caught(name: str, tmp_path: Path) -> None:
     message = blamed[0]["message"]
     assert f"op {mutant.broken_op} " in message, message
     assert f"on backend {mutant.name} " in message.splitlines()[0]
+    assert "dtype float64, device cpu" in message and "inputs: " in message
+    if "max abs error" in message:  # a value mismatch: the worst index and the tolerance in force
+        assert "at index" in message and "max rel error" in message and "tolerance: rtol" in message
     assert f"load_backend('mutants:{name}')" in message, "the repro snippet does not load the backend under test"
     assert f"op {mutant.broken_op}" in done.stdout, "the terminal output does not name the broken op"
     row = [r for r in report["rows"] if r["op"] == mutant.broken_op and r["dtype"] == "float64"]

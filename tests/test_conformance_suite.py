@@ -49,6 +49,8 @@ def test_no_backend_is_a_hard_error() -> None:
     done = run(["-m", "hcref_conformance"])
     assert done.returncode != 0
     assert "no backend given" in done.stderr
+    done = run(["-m", "hcref_conformance", "--all", "--backend", "hcref_numpy"])
+    assert done.returncode == 2 and "exclude each other" in done.stderr
 
 
 @pytest.mark.parametrize("spec", ["no_such_backend_module", "hcref_numpy:no_such_attr", "hcref:__version__"])

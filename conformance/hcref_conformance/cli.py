@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from .loading import FIRST_PARTY, is_installed
 
-ALL_MAX_EXAMPLES = 10
+ALL_MAX_EXAMPLES = 5
 """Default ``--max-examples`` of ``--all`` (the quick main-job check)."""
 
 
