@@ -12,7 +12,7 @@ import pytest
 FRAMEWORKS = ("torch", "jax", "jaxlib", "flax", "mlx", "tensorflow")
 
 
-@pytest.mark.parametrize("module", ["hcref", "hcref.checks", "hcref_numpy"])
+@pytest.mark.parametrize("module", ["hcref", "hcref.checks", "hcref_numpy", "hcref_conformance"])
 def test_import_loads_no_framework(module: str) -> None:
     code = (
         f"import json, sys, importlib; importlib.import_module({module!r}); "
