@@ -130,6 +130,19 @@ def test_vjp_gives_zeros_for_unused_primals_none_for_non_arrays_and_checks_cotan
         backend.vjp(lambda a: hcref_jax.expand(a, 2), [x], [jnp.ones((3, 4))])
 
 
+def test_vjp_jitted_as_one_program_agrees() -> None:
+    """``JaxBackend(jit_vjp=True)`` jits the whole pullback; it gives the same cotangents."""
+    rng = np.random.default_rng(4)
+    H = jnp.asarray(rng.normal(size=(5, 3, 4)))
+    params = _to_jax(_params("hc", 3, 4, rng, dynamic=True, norm="layernorm"))
+    cots = [jnp.asarray(rng.normal(size=(5, 3, 4))), jnp.asarray(rng.normal(size=(5, 3)))]
+    eager = backend.vjp(hcref_jax.hc_coeffs, [H, params], cots)
+    jitted = hcref_jax.JaxBackend(jit_vjp=True).vjp(hcref_jax.hc_coeffs, [H, params], cots)
+    np.testing.assert_allclose(np.asarray(jitted[0]), np.asarray(eager[0]), rtol=1e-13, atol=1e-14)
+    for key in params:
+        np.testing.assert_allclose(np.asarray(jitted[1][key]), np.asarray(eager[1][key]), rtol=1e-13, atol=1e-14)
+
+
 def test_jit_vmap_and_grad_compose() -> None:
     """A whole HC site and an FC site written with the ops: jitted equals eager, vmap over a batch
     axis equals the batched call (the checks see per-example shapes), and ``jax.grad`` of the jitted
