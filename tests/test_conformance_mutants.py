@@ -19,7 +19,7 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 
-from mutants import MUTANTS  # noqa: E402
+from mutants import MUTANTS
 
 
 def run_suite(backend: str, tmp_path: Path, *options: str) -> tuple[subprocess.CompletedProcess[str], dict]:

@@ -13,11 +13,11 @@ jax = pytest.importorskip("jax")
 nnx = pytest.importorskip("flax.nnx")
 jax.config.update("jax_enable_x64", True)
 
-import hcref_jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from hcref_jax import Expand, FracConnections, FracMerge, FracSplit, HyperConnections, Reduce  # noqa: E402
+import hcref_jax
+import jax.numpy as jnp
+from hcref_jax import Expand, FracConnections, FracMerge, FracSplit, HyperConnections, Reduce
 
-import hcref  # noqa: E402
+import hcref
 
 
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm", "none"])

@@ -11,11 +11,11 @@ import pytest
 mx = pytest.importorskip("mlx.core")
 nn = pytest.importorskip("mlx.nn")
 
-import hcref_mlx  # noqa: E402
-from hcref_mlx import Expand, FracConnections, FracMerge, FracSplit, HyperConnections, Reduce, backend  # noqa: E402
-from mlx.utils import tree_flatten, tree_map  # noqa: E402
+import hcref_mlx
+from hcref_mlx import Expand, FracConnections, FracMerge, FracSplit, HyperConnections, Reduce, backend
+from mlx.utils import tree_flatten, tree_map
 
-import hcref  # noqa: E402
+import hcref
 
 
 def _np(x: Any) -> np.ndarray:

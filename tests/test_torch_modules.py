@@ -10,10 +10,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import hcref_torch  # noqa: E402
-from hcref_torch import Expand, FracConnections, FracMerge, FracSplit, HyperConnections, Reduce  # noqa: E402
+import hcref_torch
+from hcref_torch import Expand, FracConnections, FracMerge, FracSplit, HyperConnections, Reduce
 
-import hcref  # noqa: E402
+import hcref
 
 
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm", "none"])

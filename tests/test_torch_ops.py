@@ -10,46 +10,16 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import hcref_torch  # noqa: E402
-from hcref_torch import backend  # noqa: E402
+import hcref_torch
+from hcref_torch import backend
+from op_cases import ALL_CASES, IDS
+from op_cases import bad_cases as _bad_cases
+from op_cases import cases as _cases
+from op_cases import outs as _outs
+from op_cases import params as _params
 
-import hcref  # noqa: E402
-from hcref.optable import OPS  # noqa: E402
-
-RNG_SEEDS = (0, 1, 2)
-
-
-def _params(family: str, k: int, d: int, rng: np.random.Generator, *, dynamic: bool, norm: str) -> dict[str, Any]:
-    init = hcref.init_hc(k, d, 2, dynamic=dynamic, norm=norm) if family == "hc" else hcref.init_fc(
-        k, d, dynamic=dynamic, norm=norm
-    )
-    return {key: value + 0.3 * rng.normal(size=value.shape) for key, value in init.items()}
-
-
-def _cases(seed: int) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
-    """(op name, inputs, options) for every op of the contract, random float64 values."""
-    rng = np.random.default_rng(seed)
-    lead = ((2, 3), (5,), ())[seed % 3]
-    n, m, e = (4, 2, 3) if seed % 2 else (3, 3, 2)
-    d = m * e
-    norm = ("layernorm", "rmsnorm", "none")[seed % 3]
-    switches = {"use_tanh": seed != 1, "use_norm": seed != 2, "use_scale": seed != 0}
-    opts = {"norm": norm, **switches}
-    r = rng.normal
-    return [
-        ("expand", (r(size=(*lead, d)), n), {}),
-        ("reduce", (r(size=(*lead, n, d)),), {}),
-        ("frac_split", (r(size=(*lead, d)), m), {}),
-        ("frac_merge", (r(size=(*lead, m, e)),), {}),
-        ("hc_coeffs", (r(size=(*lead, n, d)), _params("hc", n, d, rng, dynamic=True, norm=norm)), opts),
-        ("hc_coeffs", (r(size=(*lead, n, d)), _params("hc", n, d, rng, dynamic=False, norm=norm)), {}),
-        ("hc_width", (r(size=(*lead, n, d)), r(size=(*lead, n, n + 1))), {}),
-        ("hc_depth", (r(size=(*lead, d)), r(size=(*lead, n, d)), r(size=(*lead, n))), {}),
-        ("fc_coeffs", (r(size=(*lead, m, e)), _params("fc", m, d, rng, dynamic=True, norm=norm)), opts),
-        ("fc_coeffs", (r(size=(*lead, m, e)), _params("fc", m, d, rng, dynamic=False, norm=norm)), {}),
-        ("fc_width", (r(size=(*lead, m, e)), r(size=(*lead, m, 2 * m))), {}),
-        ("fc_depth", (r(size=(*lead, d)), r(size=(*lead, m, e)), r(size=(*lead, m))), {}),
-    ]
+import hcref
+from hcref.optable import OPS
 
 
 def _to_torch(x: Any, dtype: Any = None) -> Any:
@@ -61,12 +31,6 @@ def _to_torch(x: Any, dtype: Any = None) -> Any:
     return x
 
 
-def _outs(x: Any) -> tuple[Any, ...]:
-    return x if isinstance(x, tuple) else (x,)
-
-
-ALL_CASES = [case for seed in RNG_SEEDS for case in _cases(seed)]
-IDS = [f"{name}-{i}" for i, (name, _, _) in enumerate(ALL_CASES)]
 
 
 @pytest.mark.parametrize(("name", "inputs", "options"), ALL_CASES, ids=IDS)
@@ -142,47 +106,16 @@ def test_half_inputs_accumulate_in_float32(dtype: Any) -> None:
     np.testing.assert_allclose(beta2.double().numpy(), ref_b, rtol=tol, atol=tol)
 
 
-def _bad_cases() -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
-    rng = np.random.default_rng(0)
-    r = rng.normal
-    p_hc = hcref.init_hc(3, 4, 0)
-    p_fc = hcref.init_fc(2, 6)
-    missing = {k: v for k, v in p_hc.items() if k != "W_beta"}
-    extra = {**p_fc, "gamma": np.ones(3)}
-    wrong_shape = {**p_hc, "W_alpha": np.zeros((4, 3))}
-    return [
-        ("expand", (r(size=(2, 4)), 0), {}),
-        ("expand", (r(size=(2, 4)), True), {}),
-        ("expand", (r(size=(2, 4)), 2.0), {}),
-        ("expand", (np.ones((2, 4), dtype=np.int64), 2), {}),
-        ("expand", (np.asarray(1.0), 2), {}),
-        ("reduce", (r(size=(4,)),), {}),
-        ("frac_split", (r(size=(2, 5)), 2), {}),
-        ("frac_merge", (r(size=(5,)),), {}),
-        ("hc_width", (r(size=(2, 3, 4)), r(size=(2, 3, 3))), {}),
-        ("hc_width", (r(size=(2, 3, 4)), r(size=(1, 3, 4))), {}),
-        ("hc_depth", (r(size=(2, 5)), r(size=(2, 3, 4)), r(size=(2, 3))), {}),
-        ("hc_depth", (r(size=(2, 4)), r(size=(2, 3, 4)), r(size=(2, 2))), {}),
-        ("fc_width", (r(size=(2, 3)), r(size=(2, 3))), {}),
-        ("fc_depth", (r(size=(2, 5)), r(size=(2, 2, 3)), r(size=(2, 2))), {}),
-        ("hc_coeffs", (r(size=(5, 3, 4)), missing), {}),
-        ("hc_coeffs", (r(size=(5, 3, 4)), wrong_shape), {}),
-        ("hc_coeffs", (r(size=(5, 3, 4)), p_hc), {"norm": "batchnorm"}),
-        ("hc_coeffs", (r(size=(5, 3, 4)), p_hc), {"use_tanh": 1}),
-        ("hc_coeffs", (r(size=(5, 3, 4)), p_hc), {"norm": "rmsnorm"}),
-        ("hc_coeffs", (r(size=(4,)), p_hc), {}),
-        ("fc_coeffs", (r(size=(5, 2, 3)), extra), {}),
-        ("fc_coeffs", (r(size=(5, 2, 3)), [1, 2]), {}),
-    ]
-
-
 @pytest.mark.parametrize(("name", "inputs", "options"), _bad_cases(), ids=lambda x: x if isinstance(x, str) else "")
 def test_bad_inputs_raise_the_reference_errors(name: str, inputs: tuple[Any, ...], options: dict[str, Any]) -> None:
     with pytest.raises((ValueError, TypeError)) as ref:
         getattr(hcref, name)(*inputs, **options)
-    t_inputs = [
-        torch.from_numpy(x) if isinstance(x, np.ndarray) else _to_torch(x) if isinstance(x, dict) else x for x in inputs
-    ]
+    def native(x: Any) -> Any:  # keeps each array's dtype (an int parameter must stay int)
+        if isinstance(x, dict):
+            return {key: torch.from_numpy(value) for key, value in x.items()}
+        return torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+
+    t_inputs = [native(x) for x in inputs]
     with pytest.raises(ref.type) as got:
         getattr(hcref_torch, name)(*t_inputs, **options)
     assert str(got.value) == str(ref.value)
