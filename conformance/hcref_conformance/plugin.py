@@ -284,8 +284,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.section(f"hcref conformance summary: {spec_of(state.backend)} on {state.device}")
     for line in state.recorder.table():
         terminalreporter.write_line(line)
-    totals = ", ".join(f"{v} {k}" for k, v in state.totals.items() if v)
-    terminalreporter.write_line(f"{totals} in {seconds:.1f}s")
     if state.report_json:
         b = state.backend
         header = {"backend": state.spec, "name": getattr(b, "name", None), "version": getattr(b, "version", None),
