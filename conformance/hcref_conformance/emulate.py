@@ -39,7 +39,7 @@ OP_ERROR_ULPS = 4.0
 ops measured within a few; see hcref.tolerances)."""
 
 
-class RoundingBackend(NumpyBackend):  # type: ignore[misc]
+class RoundingBackend(NumpyBackend):
     """The NumPy reference in float64 as an ideal ``dtype`` backend: every op output gets a random
     error of :data:`OP_ERROR_ULPS` roundoffs of its largest value and is rounded to ``dtype``
     (VJPs stay exact, on those rounded intermediates)."""
