@@ -159,6 +159,40 @@ def test_jit_vmap_and_grad_compose() -> None:
     )
 
 
+def test_reverse_over_reverse_matches_finite_differences() -> None:
+    """The hand-written VJPs (custom_vjp) are themselves differentiable: a Hessian-vector product of
+    a dynamic HC site (grad of <grad, v>) equals central differences of the jitted gradient, float64."""
+    rng = np.random.default_rng(3)
+    n, d = 3, 5
+    p = _to_jax(_params("hc", n, d, rng, dynamic=True, norm="rmsnorm"))
+    W = jnp.asarray(rng.normal(size=(d, d)) / d**0.5)
+    G = jnp.asarray(rng.normal(size=(4, n, d)))
+
+    def loss(H: Any) -> Any:
+        alpha, beta = hcref_jax.hc_coeffs(H, p, norm="rmsnorm")
+        h0, H_res = hcref_jax.hc_width(H, alpha)
+        return jnp.sum(hcref_jax.hc_depth(jnp.tanh(h0 @ W), H_res, beta) * G)
+
+    H = jnp.asarray(rng.normal(size=(4, n, d)))
+    direction = jnp.asarray(rng.normal(size=H.shape))
+    grad = jax.jit(jax.grad(loss))
+    hvp = jax.jit(jax.grad(lambda H: jnp.vdot(jax.grad(loss)(H), direction)))(H)
+    eps = 1e-5
+    fd = (grad(H + eps * direction) - grad(H - eps * direction)) / (2 * eps)
+    assert float(jnp.abs(hvp).max()) > 1e-2  # a non-trivial second derivative
+    np.testing.assert_allclose(np.asarray(hvp), np.asarray(fd), rtol=1e-6, atol=1e-8)
+
+
+def test_forward_mode_is_refused_not_wrong() -> None:
+    """Documented limitation: width/depth are custom_vjp functions, so forward mode raises a
+    TypeError rather than returning anything."""
+    rng = np.random.default_rng(4)
+    H = jnp.asarray(rng.normal(size=(2, 3, 4)))
+    alpha = jnp.asarray(rng.normal(size=(2, 3, 4)))
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jvp(lambda H: hcref_jax.hc_width(H, alpha)[1], (H,), (H,))
+
+
 def test_ops_trace_once_per_shape() -> None:
     """Validation runs in Python at trace time only: a jitted op is traced once per shape/dtype and
     later calls (new values) never re-run the checks or retrace."""
