@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 import hcref
+from hcref.optable import OPS
 
 RNG_SEEDS = (0, 1, 2)
 
@@ -49,6 +50,64 @@ def cases(seed: int) -> list[tuple[str, tuple[Any, ...], dict[str, Any]]]:
 
 def outs(x: Any) -> tuple[Any, ...]:
     return x if isinstance(x, tuple) else (x,)
+
+
+LOW_TOL = {"float32": 1e-5, "bfloat16": 3e-2, "float16": 4e-3}
+"""Error bound of the backends' lower-precision op tests, relative to ``max(1, max|ref|)``."""
+
+LOW_CASES = cases(1)
+LOW_IDS = [f"{name}-{i}" for i, (name, _, _) in enumerate(LOW_CASES)]
+
+
+def check_lower_precision(
+    backend: Any, name: str, inputs: tuple[Any, ...], options: dict[str, Any], dtype: str
+) -> None:
+    """Forward and VJP of ``backend`` in ``dtype`` against the float64 reference on the same rounded
+    values: the error, relative to the largest reference value (at least 1), is within
+    ``LOW_TOL[dtype]``, and every result keeps the input dtype. Uses only the Backend interface."""
+    spec = OPS[name]
+
+    def rounded(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: backend.asarray(v, dtype, "cpu") for k, v in x.items()}
+        return backend.asarray(x, dtype, "cpu") if isinstance(x, np.ndarray) else x
+
+    def f64(x: Any) -> Any:
+        return np.asarray(backend.to_numpy(x), dtype=np.float64)
+
+    b_inputs = [rounded(x) for x in inputs]
+    ref_inputs = [
+        {k: f64(v) for k, v in b.items()} if isinstance(b, dict) else f64(b) if isinstance(x, np.ndarray) else b
+        for x, b in zip(inputs, b_inputs)
+    ]
+    tol = LOW_TOL[dtype]
+
+    def close(got: Any, ref: np.ndarray, what: str) -> None:
+        assert backend.dtype_name(got) == dtype, what
+        err = np.abs(f64(got) - ref).max(initial=0.0)
+        assert err <= tol * max(1.0, np.abs(ref).max(initial=0.0)), (what, err)
+
+    ref_outs = outs(getattr(hcref, name)(*ref_inputs, **options))
+    for g, e in zip(outs(getattr(backend, name)(*b_inputs, **options)), ref_outs):
+        close(g, e, "forward")
+    rng = np.random.default_rng(5)
+    cots = [rounded(rng.normal(size=o.shape)) for o in ref_outs]
+    expected = getattr(hcref, spec.vjp_name)(*ref_inputs, *[f64(c) for c in cots], **options)
+    diff_idx = [spec.inputs.index(arg) for arg in spec.differentiable]
+
+    def fn(*primals: Any) -> Any:
+        args = list(b_inputs)
+        for i, p in zip(diff_idx, primals):
+            args[i] = p
+        return getattr(backend, name)(*args, **options)
+
+    got = backend.vjp(fn, [b_inputs[i] for i in diff_idx], cots)
+    for g, e in zip(got, expected):
+        if isinstance(e, dict):
+            for key in e:
+                close(g[key], e[key], key)
+        else:
+            close(g, e, "vjp")
 
 
 ALL_CASES = [case for seed in RNG_SEEDS for case in cases(seed)]

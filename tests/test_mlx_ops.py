@@ -13,9 +13,8 @@ mx = pytest.importorskip("mlx.core")
 
 import hcref_mlx
 from hcref_mlx import backend
-from op_cases import ALL_CASES, IDS
+from op_cases import ALL_CASES, IDS, LOW_CASES, LOW_IDS, check_lower_precision
 from op_cases import bad_cases as _bad_cases
-from op_cases import cases as _cases
 from op_cases import outs as _outs
 from op_cases import params as _params
 
@@ -247,45 +246,14 @@ def test_backend_satisfies_the_interface() -> None:
         backend.asarray(x, "float64", "gpu")
 
 
-LOW_TOL = {"float32": 1e-5, "bfloat16": 3e-2, "float16": 4e-3}
-
-
 @pytest.mark.parametrize("dtype_name", ["float32", "bfloat16", "float16"])
-@pytest.mark.parametrize(("name", "inputs", "options"), _cases(1), ids=[f"{c[0]}-{i}" for i, c in enumerate(_cases(1))])
+@pytest.mark.parametrize(("name", "inputs", "options"), LOW_CASES, ids=LOW_IDS)
 def test_lower_precision_against_float64_reference(
     dtype_name: str, name: str, inputs: tuple[Any, ...], options: dict[str, Any]
 ) -> None:
     """Forward and VJP in float32/bfloat16/float16 against the float64 reference on the same rounded
-    values: the error, relative to the largest reference value (at least 1), is within a few units of
-    the dtype's precision, and every result keeps the input dtype."""
-    spec = OPS[name]
-    dtype = getattr(mx, dtype_name)
-    m_inputs = [_to_mx(x, dtype_name) for x in inputs]
-    ref_inputs = [
-        {k: _np(v) for k, v in x.items()} if isinstance(x, dict) else _np(x) if isinstance(x, mx.array) else x
-        for x in m_inputs
-    ]
-    tol = LOW_TOL[dtype_name]
-
-    def close(got: Any, ref: np.ndarray, what: str) -> None:
-        assert got.dtype == dtype, what
-        err = np.abs(_np(got) - ref).max(initial=0.0)
-        assert err <= tol * max(1.0, np.abs(ref).max(initial=0.0)), (what, err)
-
-    ref_outs = _outs(getattr(hcref, name)(*ref_inputs, **options))
-    for g, e in zip(_outs(getattr(hcref_mlx, name)(*m_inputs, **options)), ref_outs):
-        close(g, e, "forward")
-    rng = np.random.default_rng(5)
-    cots = [backend.asarray(rng.normal(size=o.shape), dtype_name, "cpu") for o in ref_outs]
-    expected = getattr(hcref, spec.vjp_name)(*ref_inputs, *[_np(c) for c in cots], **options)
-    fn, primals = _vjp_fn(name, m_inputs, options)
-    got = backend.vjp(fn, primals, cots)
-    for g, e in zip(got, expected):
-        if isinstance(e, dict):
-            for key in e:
-                close(g[key], e[key], key)
-        else:
-            close(g, e, "vjp")
+    values (see op_cases.check_lower_precision)."""
+    check_lower_precision(backend, name, inputs, options, dtype_name)
 
 
 @pytest.mark.skipif(not mx.is_available(mx.gpu), reason="no MLX GPU device (Metal or CUDA) on this machine")

@@ -12,9 +12,8 @@ torch = pytest.importorskip("torch")
 
 import hcref_torch
 from hcref_torch import backend
-from op_cases import ALL_CASES, IDS
+from op_cases import ALL_CASES, IDS, LOW_CASES, LOW_IDS, check_lower_precision
 from op_cases import bad_cases as _bad_cases
-from op_cases import cases as _cases
 from op_cases import outs as _outs
 from op_cases import params as _params
 
@@ -154,60 +153,11 @@ def test_cuda_matches_cpu() -> None:
         torch.testing.assert_close(a, b.cpu())
 
 
-LOW_TOL = {"float32": 1e-5, "bfloat16": 3e-2, "float16": 4e-3}
-
-
 @pytest.mark.parametrize("dtype_name", ["float32", "bfloat16", "float16"])
-@pytest.mark.parametrize(("name", "inputs", "options"), _cases(1), ids=[f"{c[0]}-{i}" for i, c in enumerate(_cases(1))])
+@pytest.mark.parametrize(("name", "inputs", "options"), LOW_CASES, ids=LOW_IDS)
 def test_lower_precision_against_float64_reference(
     dtype_name: str, name: str, inputs: tuple[Any, ...], options: dict[str, Any]
 ) -> None:
     """Forward and VJP in float32/bfloat16/float16 against the float64 reference on the same rounded
-    values: the error, relative to the largest reference value (at least 1), is within a few units of
-    the dtype's precision, and every result keeps the input dtype."""
-    spec = OPS[name]
-    dtype = getattr(torch, dtype_name)
-
-    def rounded(x: Any) -> Any:
-        if isinstance(x, dict):
-            return {k: backend.asarray(v, dtype_name, "cpu") for k, v in x.items()}
-        return backend.asarray(x, dtype_name, "cpu") if isinstance(x, np.ndarray) else x
-
-    t_inputs = [rounded(x) for x in inputs]
-    ref_inputs = [
-        {k: backend.to_numpy(v).astype(np.float64) for k, v in x.items()}
-        if isinstance(x, dict)
-        else backend.to_numpy(x).astype(np.float64)
-        if isinstance(x, torch.Tensor)
-        else x
-        for x in t_inputs
-    ]
-    tol = LOW_TOL[dtype_name]
-
-    def close(got: Any, ref: np.ndarray, what: str) -> None:
-        assert got.dtype == dtype, what
-        err = np.abs(backend.to_numpy(got).astype(np.float64) - ref).max(initial=0.0)
-        assert err <= tol * max(1.0, np.abs(ref).max(initial=0.0)), (what, err)
-
-    ref_outs = _outs(getattr(hcref, name)(*ref_inputs, **options))
-    for g, e in zip(_outs(getattr(hcref_torch, name)(*t_inputs, **options)), ref_outs):
-        close(g, e, "forward")
-    rng = np.random.default_rng(5)
-    cots = [rounded(rng.normal(size=o.shape)) for o in ref_outs]
-    ref_cots = [backend.to_numpy(c).astype(np.float64) for c in cots]
-    expected = getattr(hcref, spec.vjp_name)(*ref_inputs, *ref_cots, **options)
-    diff_idx = [spec.inputs.index(arg) for arg in spec.differentiable]
-
-    def fn(*primals: Any) -> Any:
-        args = list(t_inputs)
-        for i, p in zip(diff_idx, primals):
-            args[i] = p
-        return getattr(hcref_torch, name)(*args, **options)
-
-    got = backend.vjp(fn, [t_inputs[i] for i in diff_idx], cots)
-    for g, e in zip(got, expected):
-        if isinstance(e, dict):
-            for key in e:
-                close(g[key], e[key], key)
-        else:
-            close(g, e, "vjp")
+    values (see op_cases.check_lower_precision)."""
+    check_lower_precision(backend, name, inputs, options, dtype_name)
