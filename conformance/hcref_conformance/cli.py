@@ -44,17 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def pytest_args(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
     """The pytest command line for one backend."""
-    from .options import OPTIONS
-
-    out = ["-p", "hcref_conformance.plugin", "-p", "no:cacheprovider", "--pyargs", "hcref_conformance",
-           "-q" if args.quiet else "-v", "--tb=short", "-rN"]
-    for option, _, _ in OPTIONS:
-        value = getattr(args, option.lstrip("-").replace("-", "_"))
-        if value is not None:
-            out += [option, str(value)]
-    if args.no_shrink:
-        out.append("--no-shrink")
-    return out + list(extra)
+    head = ["-p", "hcref_conformance.plugin", "-p", "no:cacheprovider", "--pyargs", "hcref_conformance",
+            "-q" if args.quiet else "-v", "--tb=short", "-rN"]
+    return head + _suite_options(args) + list(extra)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,9 +124,14 @@ def run_all(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 def pytest_args_for_cli(args: argparse.Namespace) -> list[str]:
     """``args`` as options of this command line (for the per-backend subprocess of ``--all``)."""
+    return (["-q"] if args.quiet else []) + _suite_options(args)
+
+
+def _suite_options(args: argparse.Namespace) -> list[str]:
+    """The suite's own options given in ``args`` (the same spelling on this command line and pytest's)."""
     from .options import OPTIONS
 
-    out: list[str] = ["-q"] if args.quiet else []
+    out: list[str] = []
     for option, _, _ in OPTIONS:
         value = getattr(args, option.lstrip("-").replace("-", "_"))
         if value is not None:
