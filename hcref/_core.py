@@ -7,6 +7,13 @@ matrix is packed, in how ``mix`` is split, and in the write step; see ``hyper.py
 
 Shapes: ``k`` rows (HC: n streams, FC: m fractions) of width ``w`` (HC: d, FC: e = d/m);
 ``c`` coefficient columns (HC: n+1, FC: 2m).
+
+Precision (decision D12). Every op computes in :func:`compute_dtype` of its inputs, the promoted
+dtype but at least float32 (half-precision inputs accumulate in float32), and rounds its results
+once: coefficients to the promoted dtype of ``H`` and the parameters (float32 for float32
+parameters on a bfloat16/float16 state), the mixed state to the dtype of ``H`` (the state's
+dtype, whatever the coefficients' dtype). VJPs return each cotangent in the dtype of its primal.
+Float32 and float64 inputs are computed exactly as before (their compute dtype is their own).
 """
 
 from __future__ import annotations
@@ -21,7 +28,20 @@ from .validation import norm_keys
 
 
 def result_dtype(H: Array, params: Mapping[str, Array]) -> np.dtype:
+    """The dtype of the coefficients: the promotion of ``H`` and every parameter."""
     return np.result_type(H, *params.values())
+
+
+def compute_dtype(*arrays: Array | np.dtype) -> np.dtype:
+    """The dtype an op computes in (D12): the promotion of its inputs, at least float32.
+
+    ``compute_dtype(float16, float32) = float32``, ``compute_dtype(float32, float64) = float64``.
+    """
+    return np.result_type(*arrays, np.float32)
+
+
+def _cast(params: Mapping[str, Array], dtype: np.dtype) -> dict[str, Array]:
+    return {key: value.astype(dtype, copy=False) for key, value in params.items()}
 
 
 def coeffs(
@@ -42,6 +62,8 @@ def coeffs(
     (identity when ``use_tanh`` is off), ``s = 1`` when ``use_scale`` is off. Static sites use
     only the static terms. Row i of alpha and beta depends on row i of H only.
 
+    Computed in :func:`compute_dtype` (at least float32), returned in :func:`result_dtype`.
+
     Shapes: H (..., k, w), static_alpha (k, c), static_beta (k,) -> alpha (..., k, c), beta (..., k).
     """
     lead = H.shape[:-2]
@@ -50,6 +72,9 @@ def coeffs(
         alpha = np.broadcast_to(static_alpha, lead + static_alpha.shape).astype(dtype, copy=True)
         beta = np.broadcast_to(static_beta, lead + static_beta.shape).astype(dtype, copy=True)
         return alpha, beta
+    ct = compute_dtype(dtype)
+    H, params = H.astype(ct, copy=False), _cast(params, ct)
+    static_alpha, static_beta = static_alpha.astype(ct, copy=False), static_beta.astype(ct, copy=False)
     H_bar = apply_norm(norm, H, params) if use_norm else H
     u_alpha = H_bar @ params["W_alpha"]
     u_beta = H_bar @ params["W_beta"]
@@ -77,12 +102,18 @@ def coeffs_vjp(
     Returns ``(g_H, g_static_alpha, g_static_beta, g_dynamic)`` where ``g_dynamic`` maps every
     dynamic parameter key (``W_alpha``, ``W_beta``, ``s_alpha``, ``s_beta``, norm keys) to its
     gradient. Parameter gradients are summed over all tokens. Switched-off parts (norm,
-    scales) get zero gradients; a static site returns ``g_H = 0``.
+    scales) get zero gradients; a static site returns ``g_H = 0``. Computed in
+    :func:`compute_dtype`; ``g_H`` and every parameter gradient in the dtype of its primal, the
+    static gradients in the compute dtype (the caller casts them to each static key's dtype).
     """
+    ct = compute_dtype(H, g_alpha, g_beta, *params.values())
+    g_alpha, g_beta = g_alpha.astype(ct, copy=False), g_beta.astype(ct, copy=False)
     g_static_alpha = sum_tokens(g_alpha, 2)
     g_static_beta = sum_tokens(g_beta, 1)
     if not dynamic:
         return np.zeros_like(H), g_static_alpha, g_static_beta, {}
+    H_dtype, dtypes = H.dtype, {key: value.dtype for key, value in params.items()}
+    H, params = H.astype(ct, copy=False), _cast(params, ct)
     W_alpha, W_beta = params["W_alpha"], params["W_beta"]
     H_bar = apply_norm(norm, H, params) if use_norm else H
     a_alpha, a_beta = H_bar @ W_alpha, H_bar @ W_beta
@@ -111,17 +142,28 @@ def coeffs_vjp(
     else:
         g_H = g_H_bar
         grads.update({key: np.zeros_like(params[key]) for key in norm_keys(norm)})
-    return g_H, g_static_alpha, g_static_beta, grads
+    grads = {key: g.astype(dtypes[key], copy=False) for key, g in grads.items()}
+    return g_H.astype(H_dtype, copy=False), g_static_alpha, g_static_beta, grads
 
 
 def mix(H: Array, alpha: Array) -> Array:
     """``mix = alpha^T H``: ``mix[..., t, :] = sum_i alpha[..., i, t] H[..., i, :]``.
 
+    Computed in :func:`compute_dtype` and rounded once to the dtype of ``H`` (the state's dtype;
+    ``alpha`` may be float32 coefficients on a bfloat16 state).
+
     Shapes: H (..., k, w), alpha (..., k, c) -> mix (..., c, w).
     """
-    return np.swapaxes(alpha, -1, -2) @ H
+    ct = compute_dtype(H, alpha)
+    mixed = np.swapaxes(alpha.astype(ct, copy=False), -1, -2) @ H.astype(ct, copy=False)
+    return mixed.astype(H.dtype, copy=False)
 
 
 def mix_vjp(H: Array, alpha: Array, g_mix: Array) -> tuple[Array, Array]:
-    """VJP of :func:`mix`: ``g_H = alpha g_mix``, ``g_alpha = H g_mix^T`` (math.md 5.3)."""
-    return alpha @ g_mix, H @ np.swapaxes(g_mix, -1, -2)
+    """VJP of :func:`mix`: ``g_H = alpha g_mix``, ``g_alpha = H g_mix^T`` (math.md 5.3), computed in
+    :func:`compute_dtype`; ``g_H`` in the dtype of ``H``, ``g_alpha`` in the dtype of ``alpha``."""
+    ct = compute_dtype(H, alpha, g_mix)
+    H_c, alpha_c, g_c = (a.astype(ct, copy=False) for a in (H, alpha, g_mix))
+    g_H = alpha_c @ g_c
+    g_alpha = H_c @ np.swapaxes(g_c, -1, -2)
+    return g_H.astype(H.dtype, copy=False), g_alpha.astype(alpha.dtype, copy=False)

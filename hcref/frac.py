@@ -10,6 +10,10 @@ One residual site with m fractions of width e = d/m, per token:
 which is the FC paper's Eq. 8 with the reshapes of its Alg. 1/2 made explicit. The layer
 input is the *concatenation* of m read fractions and the write is diagonal: fraction j of
 ``y`` goes to fraction j of the state only.
+
+Precision and empty token sets: as in :mod:`hcref.hyper` (``fc_coeffs`` returns the promoted
+dtype, ``fc_width`` the dtype of ``H``, ``fc_depth`` the promoted dtype of ``y`` and ``H_res``;
+computed in at least float32, rounded once; VJPs in the primals' dtypes).
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ def fc_coeffs_vjp(
         dynamic=dynamic, norm=norm, use_tanh=use_tanh, use_norm=use_norm, use_scale=use_scale,
     )
     g_params = {"Y": g_static_alpha[:, :m], "A": g_static_alpha[:, m:], "B": g_B, **grads}
-    return g_H, {key: g_params[key] for key in params}
+    return g_H, {key: g_params[key].astype(params[key].dtype, copy=False) for key in params}
 
 
 def fc_width(H: Array, alpha: Array) -> tuple[Array, Array]:
@@ -116,10 +120,15 @@ def fc_depth(y: Array, H_res: Array, beta: Array) -> Array:
 
     ``H_out[j, c] = beta[j] y[j*e + c] + H_res[j, c]``.
 
+    Computed in at least float32 and rounded once to the promoted dtype of ``y`` and ``H_res``.
+
     Shapes: y (..., d = m*e), H_res (..., m, e), beta (..., m) -> H_out (..., m, e).
     """
     v.check_depth("fc", meta("y", y), meta("H_res", H_res), meta("beta", beta))
-    return beta[..., :, None] * y.reshape(H_res.shape) + H_res
+    ct = _core.compute_dtype(y, H_res, beta)
+    y_c, H_res_c, beta_c = (a.astype(ct, copy=False) for a in (y, H_res, beta))
+    out = beta_c[..., :, None] * y_c.reshape(H_res.shape) + H_res_c
+    return out.astype(np.result_type(y, H_res), copy=False)
 
 
 def fc_depth_vjp(y: Array, H_res: Array, beta: Array, g_H_out: Array) -> tuple[Array, Array, Array]:
@@ -130,6 +139,9 @@ def fc_depth_vjp(y: Array, H_res: Array, beta: Array, g_H_out: Array) -> tuple[A
     """
     v.check_depth("fc", meta("y", y), meta("H_res", H_res), meta("beta", beta))
     v.check_cotangent("g_H_out", meta("g_H_out", g_H_out), H_res.shape)
-    g_y = (beta[..., :, None] * g_H_out).reshape(y.shape)
-    g_beta = (g_H_out * y.reshape(H_res.shape)).sum(axis=-1)
-    return g_y, g_H_out.copy(), g_beta
+    ct = _core.compute_dtype(y, H_res, beta, g_H_out)
+    y_c, beta_c, g_c = (a.astype(ct, copy=False) for a in (y, beta, g_H_out))
+    g_y = (beta_c[..., :, None] * g_c).reshape(y.shape)
+    g_beta = (g_c * y_c.reshape(H_res.shape)).sum(axis=-1)
+    g_H_res = g_H_out.astype(H_res.dtype, copy=True)
+    return g_y.astype(y.dtype, copy=False), g_H_res, g_beta.astype(beta.dtype, copy=False)

@@ -9,7 +9,14 @@ One residual site with n streams of width d, per token:
 
 which is the HC paper's Eq. 2, ``H_out = B^T T(H^T A_m)^T + A_r^T H``, computed as in its
 Alg. 2. ``A_r[i, j]`` is the weight from input stream i to output stream j (decision D8).
-All arrays carry any number of leading (token) axes ``...``.
+All arrays carry any number of leading (token) axes ``...``, including axes of size 0 (no
+tokens: empty results and zero parameter gradients).
+
+Precision (decision D12): ``hc_coeffs`` returns the promoted dtype of ``H`` and the parameters;
+``hc_width`` returns the dtype of ``H`` and ``hc_depth`` the promoted dtype of ``y`` and ``H_res``
+(the state's dtype, whatever the coefficients' dtype, e.g. float32 ``alpha``/``beta`` on a
+bfloat16 state); every op computes in at least float32 and rounds once (``hcref._core``).
+VJPs return each cotangent in the dtype of its primal.
 """
 
 from __future__ import annotations
@@ -88,7 +95,7 @@ def hc_coeffs_vjp(
         dynamic=dynamic, norm=norm, use_tanh=use_tanh, use_norm=use_norm, use_scale=use_scale,
     )
     g_params = {"A_m": g_static_alpha[:, 0], "A_r": g_static_alpha[:, 1:], "B": g_B, **grads}
-    return g_H, {key: g_params[key] for key in params}
+    return g_H, {key: g_params[key].astype(params[key].dtype, copy=False) for key in params}
 
 
 def hc_width(H: Array, alpha: Array) -> tuple[Array, Array]:
@@ -120,12 +127,15 @@ def hc_width_vjp(H: Array, alpha: Array, g_h0: Array, g_H_res: Array) -> tuple[A
 def hc_depth(y: Array, H_res: Array, beta: Array) -> Array:
     """Depth connection: write the sublayer output to every stream, scaled.
 
-    ``H_out[j, c] = beta[j] y[c] + H_res[j, c]``, i.e. ``H_out = B^T y^T + H_res`` (HC paper Eq. 2).
+    ``H_out[j, c] = beta[j] y[c] + H_res[j, c]``, i.e. ``H_out = B^T y^T + H_res`` (HC paper Eq. 2),
+    computed in at least float32 and rounded once to the promoted dtype of ``y`` and ``H_res``.
 
     Shapes: y (..., d), H_res (..., n, d), beta (..., n) -> H_out (..., n, d).
     """
     v.check_depth("hc", meta("y", y), meta("H_res", H_res), meta("beta", beta))
-    return beta[..., :, None] * y[..., None, :] + H_res
+    ct = _core.compute_dtype(y, H_res, beta)
+    y_c, H_res_c, beta_c = (a.astype(ct, copy=False) for a in (y, H_res, beta))
+    return (beta_c[..., :, None] * y_c[..., None, :] + H_res_c).astype(np.result_type(y, H_res), copy=False)
 
 
 def hc_depth_vjp(y: Array, H_res: Array, beta: Array, g_H_out: Array) -> tuple[Array, Array, Array]:
@@ -135,6 +145,9 @@ def hc_depth_vjp(y: Array, H_res: Array, beta: Array, g_H_out: Array) -> tuple[A
     """
     v.check_depth("hc", meta("y", y), meta("H_res", H_res), meta("beta", beta))
     v.check_cotangent("g_H_out", meta("g_H_out", g_H_out), H_res.shape)
-    g_y = np.einsum("...j,...jc->...c", beta, g_H_out)
-    g_beta = np.einsum("...jc,...c->...j", g_H_out, y)
-    return g_y, g_H_out.copy(), g_beta
+    ct = _core.compute_dtype(y, H_res, beta, g_H_out)
+    y_c, beta_c, g_c = (a.astype(ct, copy=False) for a in (y, beta, g_H_out))
+    g_y = np.einsum("...j,...jc->...c", beta_c, g_c)
+    g_beta = np.einsum("...jc,...c->...j", g_c, y_c)
+    g_H_res = g_H_out.astype(H_res.dtype, copy=True)
+    return g_y.astype(y.dtype, copy=False), g_H_res, g_beta.astype(beta.dtype, copy=False)
