@@ -4,11 +4,35 @@ Every function has the name, arguments, shapes and errors of the reference funct
 same name in :mod:`hcref` (the specification; see its docstrings for the formulas). Inputs are
 checked with :mod:`hcref.validation`, so error messages are word for word the reference's.
 
-Precision (decision D12): float64 and float32 inputs are computed in their own dtype; for
-bfloat16/float16 inputs the coefficient path (norm, projections, tanh) and the mixing are
-accumulated in float32 and the results cast back. Autocast is switched off inside the ops so a
-surrounding ``torch.autocast`` region cannot lower that precision. The result dtype is the
-promotion of the input dtypes (the input dtype when they share one).
+Precision (decision D12). Every op computes in at least float32: float64 and float32 inputs in
+their promoted dtype, bfloat16/float16 inputs (the coefficient path: norm, projections, tanh;
+the mixing; the write and its reductions) in float32, rounded once. Mixed precision as
+production runs it: float32 parameters on a bfloat16/float16 state are fine. ``*_coeffs`` return
+the promoted dtype of ``H`` and the parameters (float32 coefficients for float32 parameters);
+``*_width`` return the dtype of ``H`` and ``*_depth`` the promoted dtype of ``y`` and ``H_res``
+(the state's dtype, whatever the coefficients' dtype), so a bfloat16 stream stays bfloat16.
+Gradients come back in each input's dtype. Autocast is switched off inside the ops (on devices
+autocast knows; never asked about ``meta``) so a surrounding ``torch.autocast`` region cannot
+lower that precision.
+
+Scale-safe norms (D12, :mod:`hcref.norms`). Per row of width ``w``,
+``s = 2^floor(log2(max(max|x|, 1)))`` (read exactly from the exponent bits of ``max(max|x|, 1)``),
+``x' = x * (1/s)`` (exact) and ``eps' = eps / s / s``:
+
+    layernorm: x_hat = (x' - mean(x')) r',  r' = max(mean((x' - mean(x'))^2) + eps', tiny)^(-1/2)
+               layernorm(x) W = x_hat (diag(weight) W) + bias W
+    rmsnorm:   r' = (mean(x'^2) + eps')^(-1/2)
+               rmsnorm(x) W = r' (x' (diag(weight) W))  =  r (x (diag(weight) W)),  r = r' / s
+
+(``tiny``: the compute dtype's smallest normal number). These equal the textbook forms exactly
+in real arithmetic and bit for bit at ordinary scales (``s = 1``). Both norms are folded into the
+coefficient projection ``W = [W_alpha | W_beta]``: rmsnorm never stores the normalised H (one
+custom autograd function with a hand-written VJP), layernorm applies its affine weights to the
+small ``W``. The folded product is formed on ``x'`` (entries in ``[-2, 2)``), so it stays finite
+whenever the weights are; any finite input gives finite coefficients and gradients.
+
+Tensors on the ``meta`` device work (shapes and dtypes only): ops and modules can be built and
+traced before weights are loaded.
 """
 
 from __future__ import annotations
@@ -18,7 +42,6 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from hcref import validation as v
 from hcref.norms import LAYERNORM_EPS, RMSNORM_EPS
@@ -58,6 +81,90 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in _LOW else dtype
 
 
+_EXPONENT_BITS = {torch.float32: (torch.int32, 0x7F800000), torch.float64: (torch.int64, 0x7FF0000000000000)}
+"""The integer view and exponent mask of each compute dtype (an IEEE number with its mantissa
+bits cleared is the largest power of two not above it)."""
+
+
+def _row_scale(x: Tensor) -> Tensor:
+    """``s = 2^floor(log2(max(max|x|, 1)))`` over the last axis (keepdim), exactly and without
+    gradient: the exponent bits of ``max(max|x|, 1)`` (:func:`hcref.norms.row_scale`).
+    x (..., w) in float32/float64 -> s (..., 1)."""
+    x = x.detach()
+    amax = torch.maximum(x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True).neg()).clamp_min(1.0)
+    bits, mask = _EXPONENT_BITS[x.dtype]
+    return (amax.view(bits) & mask).view(x.dtype)
+
+
+def _dot_rows(a: Tensor, b: Tensor) -> Tensor:
+    """``sum_w a[..., w] b[..., w]`` (keepdim) as a batched matrix product (no (..., w) temporary)."""
+    return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1)).squeeze(-1)
+
+
+class _RmsProj(torch.autograd.Function):
+    """``rmsnorm(x) W = r' (x' @ Wn)`` with ``Wn = diag(weight) W`` (module docstring): per row
+    ``x' = x / s``, ``r' = (mean(x'^2) + eps / s / s)^(-1/2)``; equal to ``r (x @ Wn)`` with
+    ``r = r' / s = (mean(x^2) + eps)^(-1/2)``. The normalised H is never stored.
+
+    VJP with ``u = r' p``, ``p = x' @ Wn``, ``c = <g, u> r'^2 / w``:
+    ``g_x = ((r' g) Wn^T - c x') / s`` and ``g_Wn = x^T (r g)`` summed over all rows; every
+    intermediate is of the order of ``g`` (the final ``/ s`` gives the true scale).
+    Shapes: x (..., w), Wn (w, o) -> u (..., o)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, Wn: Tensor) -> Tensor:
+        s = _row_scale(x)
+        inv_s = s.reciprocal()  # an exact power of two
+        xs = x * inv_s
+        mean_sq = torch.linalg.vector_norm(xs, dim=-1, keepdim=True).square_() / x.shape[-1]
+        r_scaled = torch.rsqrt(mean_sq + RMSNORM_EPS / s / s)
+        u = r_scaled * torch.matmul(xs, Wn)
+        ctx.save_for_backward(x, Wn, r_scaled, inv_s, u)
+        return u
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        x, Wn, r_scaled, inv_s, u = ctx.saved_tensors
+        w, o = x.shape[-1], Wn.shape[-1]
+        g_x = g_Wn = None
+        if ctx.needs_input_grad[0]:
+            c = (g * u).sum(dim=-1, keepdim=True) * (r_scaled * r_scaled / w)
+            g_x = torch.addcmul(torch.matmul(r_scaled * g, Wn.transpose(0, 1)), x, c * inv_s, value=-1.0)
+            g_x.mul_(inv_s)
+        if ctx.needs_input_grad[1]:
+            g_r = g * (r_scaled * inv_s)
+            g_Wn = torch.matmul(x.reshape(-1, w).transpose(0, 1), g_r.reshape(-1, o))
+        return g_x, g_Wn
+
+
+class _LayerNormHat(torch.autograd.Function):
+    """``x_hat = (x' - mu') r'`` on ``x' = x / s``, ``mu' = mean(x')``,
+    ``r' = max(mean((x' - mu')^2) + eps / s / s, tiny)^(-1/2)`` (:func:`hcref.norms.layernorm`
+    without the affine part). ``F.layer_norm`` takes one scalar eps and cannot rescale it per row.
+
+    VJP (``hcref.norms.layernorm_vjp``), with ``r = r' / s``:
+    ``g_x = r (g_hat - mean(g_hat) - x_hat mean(g_hat x_hat))``. Shapes: x (..., w) -> (..., w)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        s = _row_scale(x)
+        w = x.shape[-1]
+        x_hat = x * s.reciprocal()  # x' (exact), then centred and scaled in place
+        x_hat.sub_(x_hat.mean(dim=-1, keepdim=True))
+        var = torch.linalg.vector_norm(x_hat, dim=-1, keepdim=True).square_() / w
+        r_scaled = torch.rsqrt((var + LAYERNORM_EPS / s / s).clamp_min_(torch.finfo(x.dtype).tiny))
+        x_hat.mul_(r_scaled)
+        ctx.save_for_backward(x_hat, r_scaled / s)
+        return x_hat
+
+    @staticmethod
+    def backward(ctx: Any, g_hat: Tensor) -> Tensor:
+        x_hat, r = ctx.saved_tensors
+        w = x_hat.shape[-1]
+        g_x = torch.addcmul(g_hat, x_hat, _dot_rows(g_hat, x_hat) / w, value=-1.0)
+        return g_x.sub_(g_hat.mean(dim=-1, keepdim=True)).mul_(r)
+
+
 def _promote(*tensors: Tensor) -> torch.dtype:
     dtype = tensors[0].dtype
     for t in tensors[1:]:
@@ -70,10 +177,17 @@ def _apply(fn: type[torch.autograd.Function], *args: Any) -> Any:
 
 
 def _autocast_on(device: str) -> bool:
+    """Whether autocast is on for ``device``; ``False`` for device types autocast does not know
+    (``meta``, where asking raises ``RuntimeError: unknown device type for autocast``)."""
+    available = getattr(getattr(torch, "amp", None), "is_autocast_available", None)
+    if available is not None and not available(device):
+        return False
     try:
         return torch.is_autocast_enabled(device)
     except TypeError:  # torch < 2.4: no per-device query
         return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
+    except RuntimeError:  # a device type autocast does not know
+        return False
 
 
 def _no_autocast(x: Tensor) -> AbstractContextManager[Any]:
@@ -138,16 +252,16 @@ def _coeffs(
         return alpha, beta
     with _no_autocast(H):
         x = H.to(ct)
-        w = H.shape[-1]
         W = torch.cat([params["W_alpha"].to(ct), params["W_beta"].to(ct).unsqueeze(-1)], dim=-1)
         if use_norm and norm == "rmsnorm":
-            # rmsnorm(x) W = r * (x (diag(weight) W)) with r = (mean(x^2) + eps)^(-1/2) per row:
-            # the normalised H is never materialised (one reduction pass and one matmul pass over H).
-            r = torch.rsqrt(_apply(_SumSquares, x) / w + RMSNORM_EPS)
-            u = r * (x @ (params["norm_weight"].to(ct).unsqueeze(-1) * W))
+            # rmsnorm(x) W = r' (x' (diag(weight) W)), scale-safe (module docstring): the
+            # normalised H is never stored.
+            u = _apply(_RmsProj, x, params["norm_weight"].to(ct).unsqueeze(-1) * W)
+        elif use_norm and norm == "layernorm":
+            # layernorm(x) W = x_hat (diag(weight) W) + bias W: the affine part acts on the small W.
+            x_hat = _apply(_LayerNormHat, x)
+            u = torch.matmul(x_hat, params["norm_weight"].to(ct).unsqueeze(-1) * W) + params["norm_bias"].to(ct) @ W
         else:
-            if use_norm and norm == "layernorm":
-                x = F.layer_norm(x, (w,), params["norm_weight"].to(ct), params["norm_bias"].to(ct), LAYERNORM_EPS)
             u = x @ W  # (..., k, c+1)
         if use_tanh:
             u = torch.tanh(u)
@@ -162,31 +276,16 @@ def _coeffs(
     return alpha.to(out_dtype), beta.to(out_dtype)
 
 
-class _SumSquares(torch.autograd.Function):
-    """``sum(x^2)`` over the last axis (keepdim) in one reduction pass; VJP ``2 g x``."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        norm: Tensor = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-        return norm.square()
-
-    @staticmethod
-    def backward(ctx: Any, g: Tensor) -> Tensor:
-        x: Tensor = ctx.saved_tensors[0]
-        return x * (2 * g)
-
-
 def _mix(H: Tensor, alpha: Tensor, split: int) -> tuple[Tensor, Tensor]:
     """``mix = alpha^T H`` (see ``hcref._core.mix``) split into rows ``[:split]`` and ``[split:]``.
 
-    Shapes: H (..., k, w), alpha (..., k, c) -> (..., split, w), (..., c - split, w).
+    Shapes: H (..., k, w), alpha (..., k, c) -> (..., split, w), (..., c - split, w), in the dtype
+    of ``H`` (the state's), computed in at least float32 (the promotion of H and alpha) and rounded once.
     """
-    out_dtype = _promote(H, alpha)
-    ct = _compute_dtype(out_dtype)
+    ct = _compute_dtype(_promote(H, alpha))
     with _no_autocast(H):
         first, rest = _apply(_Mix, H.to(ct), alpha.to(ct), split)
-    return first.to(out_dtype), rest.to(out_dtype)
+    return first.to(H.dtype), rest.to(H.dtype)
 
 
 class _Mix(torch.autograd.Function):
@@ -261,10 +360,13 @@ def hc_depth(y: Tensor, H_res: Tensor, beta: Tensor) -> Tensor:
 
 
 def _write(y: Tensor, H_res: Tensor, beta: Tensor) -> Tensor:
-    """``H_out = beta[..., None] * y + H_res`` with y broadcastable to H_res, in the promoted dtype."""
-    out_dtype = _promote(y, H_res, beta)
-    out: Tensor = _apply(_Write, y.to(out_dtype), H_res.to(out_dtype), beta.to(out_dtype))
-    return out
+    """``H_out = beta[..., None] * y + H_res`` with y broadcastable to H_res, in the promoted dtype of
+    ``y`` and ``H_res`` (the state's; ``beta`` may be float32 on a bfloat16 state). Computed in the
+    promotion of all three (``addcmul`` accumulates half inputs in float32) and rounded once."""
+    common = _promote(y, H_res, beta)
+    with _no_autocast(H_res):
+        out: Tensor = _apply(_Write, y.to(common), H_res.to(common), beta.to(common))
+    return out.to(_promote(y, H_res))
 
 
 class _Write(torch.autograd.Function):
