@@ -9,13 +9,31 @@ traced values, and raise word for word the reference's errors. Parameters are a 
 ``use_tanh``, ``use_norm``, ``use_scale``) are Python values: mark them static when jitting,
 e.g. ``jax.jit(hc_coeffs, static_argnames=("norm", "use_tanh", "use_norm", "use_scale"))``.
 
-Precision (decision D12): float64 and float32 inputs are computed in their own dtype; for
-bfloat16/float16 inputs the coefficient path (norm, projections, tanh, scales) is computed in
-float32, the mixing ``alpha^T H`` is a ``dot_general`` with ``preferred_element_type=float32``,
-the write ``beta y + H_res`` and the stream sum accumulate in float32, and results are rounded
-once to the input dtype (so their VJPs accumulate in float32 too). The small contractions of the
+Precision (decision D12). Every op computes in at least float32: float64 and float32 inputs in
+their promoted dtype; for bfloat16/float16 inputs the coefficient path (norm, projections, tanh,
+scales) is computed in float32, the mixing ``alpha^T H`` is a ``dot_general`` with
+``preferred_element_type=float32``, the write ``beta y + H_res`` and the stream sum accumulate in
+float32, and results are rounded once (so their VJPs accumulate in float32 too). Mixed precision
+as production runs it: ``*_coeffs`` return the promoted dtype of ``H`` and the parameters
+(float32 coefficients for float32 parameters on a bfloat16 state); ``*_width`` return the dtype
+of ``H`` and ``*_depth`` the promoted dtype of ``y`` and ``H_res`` (the state's dtype, whatever the
+coefficients' dtype). Gradients come back in each input's dtype. The small contractions of the
 coefficient path and of the mixing run at ``Precision.HIGHEST`` (no TF32/bf16 passes on GPUs).
-The result dtype is the promotion of the input dtypes (the input dtype when they share one).
+
+Scale-safe norms (D12, :mod:`hcref.norms`). Per row of width ``w``,
+``s = 2^floor(log2(max(max|x|, 1)))`` (exactly: the exponent bits of ``max(max|x|, 1)``, by
+``lax.bitcast_convert_type``), ``x' = x * (1/s)`` (exact) and ``eps' = eps / s / s``:
+
+    layernorm: x_hat = (x' - mean(x')) r',  r' = max(mean((x' - mean(x'))^2) + eps', tiny)^(-1/2),
+               out = weight * x_hat + bias
+    rmsnorm:   r' = (mean(x'^2) + eps')^(-1/2),
+               rmsnorm(x) W = r' (x' (diag(weight) W))  =  r (x (diag(weight) W)),  r = r' / s
+
+(``tiny``: the compute dtype's smallest normal number), equal to the textbook forms in real
+arithmetic and bit for bit at ordinary scales (``s = 1``). The rmsnorm stays folded into the
+coefficient projection (``_rms_proj``, the normalised H is never materialised); its product is
+formed on ``x'`` (entries in ``[-2, 2)``), so any finite input with finite weights gives finite
+coefficients and gradients.
 
 Differentiation: the mixing (``*_width``), the write (``*_depth``) and the rmsnorm-folded projection
 of ``*_coeffs`` are ``jax.custom_vjp`` functions with hand-written VJPs (reverse mode, also nested,
@@ -73,6 +91,24 @@ def compute_dtype(dtype: Any) -> Any:
 
 def _promote(*arrays: Any) -> Any:
     return jnp.result_type(*(a.dtype for a in arrays))
+
+
+_EXPONENT_BITS = {
+    jnp.dtype(jnp.float32): (jnp.int32, 0x7F800000),
+    jnp.dtype(jnp.float64): (jnp.int64, 0x7FF0000000000000),
+}
+"""The integer type and exponent mask of each compute dtype (an IEEE number with its mantissa
+bits cleared is the largest power of two not above it)."""
+
+
+def _row_scale(x: Array) -> Array:
+    """``s = 2^floor(log2(max(max|x|, 1)))`` over the last axis (keepdims), exact and without
+    gradient (:func:`hcref.norms.row_scale`). x (..., w) float32/float64 -> s (..., 1)."""
+    x = jax.lax.stop_gradient(x)
+    amax = jnp.maximum(jnp.maximum(jnp.max(x, axis=-1, keepdims=True), -jnp.min(x, axis=-1, keepdims=True)), 1.0)
+    bits, mask = _EXPONENT_BITS[jnp.dtype(x.dtype)]
+    exponent = jax.lax.bitcast_convert_type(amax.astype(x.dtype), bits) & jnp.asarray(mask, bits)
+    return jax.lax.bitcast_convert_type(exponent, x.dtype)
 
 
 # --- ends ---------------------------------------------------------------------------------
@@ -140,15 +176,17 @@ def _coeffs(
     x = jnp.asarray(H).astype(ct)
     W = jnp.concatenate([params["W_alpha"].astype(ct), params["W_beta"].astype(ct)[:, None]], axis=-1)
     if use_norm and norm == "rmsnorm":
-        # rmsnorm(x) W = r * (x (diag(weight) W)) with r = (mean(x^2) + eps)^(-1/2) per row: the
+        # rmsnorm(x) W = r' * (x' (diag(weight) W)), scale-safe (module docstring): the
         # normalised H is never materialised (one reduction pass and one matmul pass over H; on a
         # 2-core CPU this is 6x faster than normalising first, as in hcref_torch).
         u = _rms_proj(x, params["norm_weight"].astype(ct)[:, None] * W)
     else:
         if use_norm and norm == "layernorm":
-            mu = jnp.mean(x, axis=-1, keepdims=True)
-            xc = x - mu
-            r = jax.lax.rsqrt(jnp.mean(xc * xc, axis=-1, keepdims=True) + LAYERNORM_EPS)
+            s = _row_scale(x)
+            xs = x * (1 / s)
+            xc = xs - jnp.mean(xs, axis=-1, keepdims=True)
+            var = jnp.mean(xc * xc, axis=-1, keepdims=True) + LAYERNORM_EPS / s / s
+            r = jax.lax.rsqrt(jnp.maximum(var, float(np.finfo(ct).tiny)))
             x = params["norm_weight"].astype(ct) * (xc * r) + params["norm_bias"].astype(ct)
         u = jnp.matmul(x, W, precision=_HIGHEST)  # (..., k, c+1)
     if use_tanh:
@@ -186,30 +224,35 @@ def _rows_dot(A: Array, B: Array) -> Array:
 
 @jax.custom_vjp
 def _rms_proj(x: Array, Wn: Array) -> Array:
-    """``rmsnorm(x) W = r * (x Wn)``, ``Wn = diag(weight) W``, ``r = (mean(x^2) + eps)^(-1/2)`` per row.
+    """``rmsnorm(x) W = r' (x' Wn)``, ``Wn = diag(weight) W``, per row ``x' = x / s`` and
+    ``r' = (mean(x'^2) + eps / s / s)^(-1/2)`` (module docstring; equal to ``r (x Wn)`` with
+    ``r = (mean(x^2) + eps)^(-1/2)``).
 
     Shapes: x (..., w), Wn (w, o) -> (..., o). Hand-written VJP (``_rms_proj_bwd``)."""
     return _rms_proj_fwd(x, Wn)[0]
 
 
 def _rms_proj_fwd(x: Array, Wn: Array) -> tuple[Array, tuple[Array, ...]]:
-    r = jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + RMSNORM_EPS)
-    u = r * jnp.matmul(x, Wn, precision=_HIGHEST)
-    return u, (x, Wn, r, u)
+    inv_s = 1 / _row_scale(x)  # an exact power of two
+    xs = x * inv_s
+    r = jax.lax.rsqrt(jnp.mean(xs * xs, axis=-1, keepdims=True) + RMSNORM_EPS * inv_s * inv_s)
+    u = r * jnp.matmul(xs, Wn, precision=_HIGHEST)
+    return u, (x, Wn, r, inv_s, u)
 
 
 def _rms_proj_bwd(res: tuple[Array, ...], g: Array) -> tuple[Array, Array]:
-    # u = r p, p = x Wn, dr/dx = -r^3 x / w:  g_x = (r g) Wn^T - (r^2 / w) <g, u> x,
-    # g_Wn = x^T (r g) summed over all rows. g_x is written as o outer-product terms so that it
-    # fuses with the other contributions to g_H (one pass over H, no (rows, w) matmul result).
-    x, Wn, r, u = res
+    # u = r p, p = x' Wn, dr/dx' = -r^3 x' / w:  g_x' = (r g) Wn^T - (r^2 / w) <g, u> x', g_x = g_x' / s,
+    # g_Wn = x'^T (r g) = x^T (r g / s) summed over all rows (every intermediate of the order of g).
+    # g_x is written as o outer-product terms so that it fuses with the other contributions to g_H
+    # (one pass over H, no (rows, w) matmul result).
+    x, Wn, r, inv_s, u = res
     w = x.shape[-1]
     gr = r * g
-    s = jnp.sum(g * u, axis=-1, keepdims=True) * (r * r / w)
-    g_x = _lin(gr[..., :, None], Wn.T)[..., 0, :] - s * x
+    c = jnp.sum(g * u, axis=-1, keepdims=True) * (r * r / w)
+    g_x = (_lin(gr[..., :, None], Wn.T)[..., 0, :] - x * (c * inv_s)) * inv_s
     rows = int(np.prod(x.shape[:-1], dtype=np.int64))
     g_Wn = jax.lax.dot_general(
-        x.reshape(rows, w), gr.reshape(rows, gr.shape[-1]), (((0,), (0,)), ((), ())), precision=_HIGHEST
+        x.reshape(rows, w), (gr * inv_s).reshape(rows, gr.shape[-1]), (((0,), (0,)), ((), ())), precision=_HIGHEST
     )
     return g_x, g_Wn
 
@@ -259,13 +302,14 @@ def _mix(H: Array, alpha: Array, split: int) -> tuple[Array, Array]:
     """``mix = alpha^T H`` (see ``hcref._core.mix``) split after column ``split``:
     ``mix[..., t, :] = sum_i alpha[..., i, t] H[..., i, :]``.
 
-    Shapes: H (..., k, w), alpha (..., k, c) -> (..., split, w), (..., c - split, w). Half inputs
-    accumulate in float32 (``preferred_element_type``) and are rounded once; the VJP accumulates in
-    float32 too.
+    Shapes: H (..., k, w), alpha (..., k, c) -> (..., split, w), (..., c - split, w), in the dtype
+    of ``H`` (the state's). Computed in the promotion of H and alpha (half inputs accumulate in
+    float32 through ``preferred_element_type``) and rounded once; the VJP accumulates in float32 too.
     """
-    out_dtype = _promote(H, alpha)
-    first, rest = _mix2(jnp.asarray(H).astype(out_dtype), jnp.asarray(alpha).astype(out_dtype), split)
-    return first.astype(out_dtype), rest.astype(out_dtype)
+    H, alpha = jnp.asarray(H), jnp.asarray(alpha)
+    common = _promote(H, alpha)
+    first, rest = _mix2(H.astype(common), alpha.astype(common), split)
+    return first.astype(H.dtype), rest.astype(H.dtype)
 
 
 @jax.custom_vjp
@@ -295,9 +339,11 @@ def _write(y: Array, H_res: Array, beta: Array) -> Array:
     """``H_out = beta[..., None] * y + H_res`` with y broadcastable to H_res (HC: (..., 1, w), FC:
     (..., k, w)), computed in the accumulation dtype and rounded once, so that the VJP's
     reductions (``g_beta = sum_c g y``, HC's ``g_y = beta^T g``) accumulate in float32 for half inputs.
-    Hand-written VJP (HC's ``g_beta`` as a matrix-vector ``dot_general``, not a reduction of a broadcast)."""
-    out_dtype = _promote(y, H_res, beta)
-    ct = compute_dtype(out_dtype)
+    Hand-written VJP (HC's ``g_beta`` as a matrix-vector ``dot_general``, not a reduction of a broadcast).
+    The result has the promoted dtype of ``y`` and ``H_res`` (the state's; ``beta`` may be float32
+    coefficients on a bfloat16 state)."""
+    out_dtype = _promote(y, H_res)
+    ct = compute_dtype(_promote(y, H_res, beta))
     y, H_res, beta = (jnp.asarray(a).astype(ct) for a in (y, H_res, beta))
     return _write_ct(y, H_res, beta).astype(out_dtype)
 
