@@ -138,7 +138,7 @@ def test_ends_modules_match_the_reference() -> None:
 def test_half_precision_module_accumulates_in_float32(dtype: str) -> None:
     """A half-precision site keeps its input dtype, and its coefficients and mixed streams are the
     float64 reference on the same rounded values up to one final rounding (float32 accumulation);
-    a float32 module given half inputs computes in float32."""
+    a float32 module given half inputs computes float32 coefficients and keeps the stream's dtype (D12)."""
     mdt = getattr(mx, dtype)
     u = {"bfloat16": 2.0**-8, "float16": 2.0**-11}[dtype]
     n, d = 4, 64
@@ -161,8 +161,9 @@ def test_half_precision_module_accumulates_in_float32(dtype: str) -> None:
     hc32 = HyperConnections(n, d, 2)
     hc32.update(tree_map(lambda p: p.astype(mx.float32), hc.parameters()))
     h0_32, state32 = hc32.width(H)
-    assert h0_32.dtype == mx.float32 and state32.beta.dtype == mx.float32
+    assert h0_32.dtype == mdt and state32.H_res.dtype == mdt and state32.beta.dtype == mx.float32
     np.testing.assert_allclose(_np(state32.beta), ref_beta, rtol=1e-5, atol=1e-6)
+    assert hc32.depth(h0_32, state32).dtype == mdt
 
 
 def test_mx_compile_of_a_module_stack_matches_eager() -> None:

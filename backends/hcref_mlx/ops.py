@@ -7,11 +7,32 @@ checked with :mod:`hcref.validation`, so error messages are word for word the re
 checks read only shapes and dtypes, which ``mx.compile`` knows while tracing, so they cost
 nothing in a compiled function after the first call.
 
-Precision (decision D12): float64 and float32 inputs are computed in their own dtype; for
-bfloat16/float16 inputs the coefficient path (norm, projections, tanh), the mixing and the
-write are accumulated in float32 and the results rounded once to the input dtype. Gradients
-flow back through the same casts, so the backward contractions accumulate in float32 too. The
-result dtype is the promotion of the input dtypes (the input dtype when they share one).
+Precision (decision D12). Every op computes in at least float32: float64 and float32 inputs in
+their promoted dtype; for bfloat16/float16 inputs the coefficient path (norm, projections, tanh),
+the mixing and the write are accumulated in float32 and the results rounded once. Gradients
+flow back through the same casts, so the backward contractions accumulate in float32 too and
+every gradient comes back in its input's dtype. Mixed precision as production runs it:
+``*_coeffs`` return the promoted dtype of ``H`` and the parameters (float32 coefficients for
+float32 parameters on a bfloat16 state); ``*_width`` return the dtype of ``H`` and ``*_depth`` the
+promoted dtype of ``y`` and ``H_res`` (the state's dtype, whatever the coefficients' dtype).
+
+Scale-safe norms (D12, :mod:`hcref.norms`). Per row of width ``w``,
+``s = 2^floor(log2(max(max|x|, 1)))`` (exactly: the exponent bits of ``max(max|x|, 1)``, read
+with ``mx.view``), ``x' = x * (1/s)`` (exact) and ``eps' = eps / s / s``:
+
+    layernorm: out = weight * (x' - mean(x')) r' + bias,  r' = max(mean((x' - mean(x'))^2) + eps', tiny)^(-1/2)
+    rmsnorm:   out = weight * x' r',                       r' = (mean(x'^2) + eps')^(-1/2)
+
+(``tiny``: the compute dtype's smallest normal number), equal to the textbook forms in real
+arithmetic and bit for bit at ordinary scales (``s = 1``); finite and correct, forward and
+VJP, for any finite input.
+
+Empty token sets. MLX (0.32) returns uninitialised memory from a sum over a zero-size axis of
+a non-contiguous array, or does not return at all (``mx.swapaxes(mx.zeros((0, 3, 4)), -1,
+-2).sum(axis=0)``); the VJP of ``alpha^T H`` with ``alpha`` broadcast from a parameter produces
+exactly that sum. So every op whose leading axes hold no element returns its (empty) results
+as constants: nothing flows back through them, and MLX's autodiff gives every input, and every
+parameter upstream, an exact zero gradient, which is the sum over no tokens.
 
 Devices: MLX arrays live in unified memory and ops run on a stream. MLX supports float64 on
 the CPU only, so any op that sees a float64 input runs on the CPU stream (``mx.cpu``) whatever
@@ -76,6 +97,25 @@ def _compute_dtype(dtype: mx.Dtype) -> mx.Dtype:
     return mx.float32 if dtype in _LOW else dtype
 
 
+def _no_tokens(lead: tuple[int, ...]) -> bool:
+    """Whether the leading (token) axes hold no element (module docstring, empty token sets)."""
+    return 0 in lead
+
+
+_EXPONENT_BITS = {mx.float32: (mx.int32, 0x7F800000), mx.float64: (mx.int64, 0x7FF0000000000000)}
+"""The integer view and exponent mask of each compute dtype (an IEEE number with its mantissa
+bits cleared is the largest power of two not above it)."""
+
+
+def _row_scale(x: Array) -> Array:
+    """``s = 2^floor(log2(max(max|x|, 1)))`` over the last axis (keepdims), exact and without
+    gradient (:func:`hcref.norms.row_scale`). x (..., w) float32/float64 -> s (..., 1)."""
+    x = mx.stop_gradient(x)
+    amax = mx.maximum(mx.maximum(x.max(axis=-1, keepdims=True), -x.min(axis=-1, keepdims=True)), 1.0)
+    bits, mask = _EXPONENT_BITS[x.dtype]
+    return mx.view(mx.view(amax, bits) & mx.array(mask, dtype=bits), x.dtype)
+
+
 def _stream(dtype: mx.Dtype) -> AbstractContextManager[Any]:
     """The CPU stream for float64 (MLX has no float64 on the GPU); the default stream otherwise."""
     if dtype == mx.float64 and mx.default_device().type != mx.cpu:
@@ -118,20 +158,23 @@ def frac_merge(H: Array) -> Array:
 
 
 def _norm(kind: str, x: Array, params: Mapping[str, Array], ct: mx.Dtype) -> Array:
-    """The shared norm of D1 over the last axis, in ``ct`` (see :mod:`hcref.norms`).
+    """The shared norm of D1 over the last axis, in ``ct``, scale-safe (module docstring,
+    :mod:`hcref.norms`): on ``x' = x / s`` with ``eps / s / s``,
 
-    layernorm: ``weight * (x - mean) / sqrt(var + 1e-5) + bias``; rmsnorm:
-    ``weight * x / sqrt(mean(x^2) + 1e-6)``; none: ``x``.
+    layernorm: ``weight * (x' - mean(x')) r' + bias``, ``r' = max(var(x') + eps', tiny)^(-1/2)``
+    (eps 1e-5); rmsnorm: ``weight * x' r'``, ``r' = (mean(x'^2) + eps')^(-1/2)`` (eps 1e-6); none: ``x``.
     """
+    if kind == "none":
+        return x
+    s = _row_scale(x)
+    xs = x * (1 / s)  # exact: 1/s is a power of two
     if kind == "layernorm":
-        mu = x.mean(axis=-1, keepdims=True)
-        xc = x - mu
-        r = mx.rsqrt((xc * xc).mean(axis=-1, keepdims=True) + LAYERNORM_EPS)
+        xc = xs - xs.mean(axis=-1, keepdims=True)
+        var = (xc * xc).mean(axis=-1, keepdims=True) + LAYERNORM_EPS / s / s
+        r = mx.rsqrt(mx.maximum(var, mx.finfo(ct).smallest_normal))
         return params["norm_weight"].astype(ct) * (xc * r) + params["norm_bias"].astype(ct)
-    if kind == "rmsnorm":
-        r = mx.rsqrt((x * x).mean(axis=-1, keepdims=True) + RMSNORM_EPS)
-        return params["norm_weight"].astype(ct) * (x * r)
-    return x
+    r = mx.rsqrt((xs * xs).mean(axis=-1, keepdims=True) + RMSNORM_EPS / s / s)
+    return params["norm_weight"].astype(ct) * (xs * r)
 
 
 def _coeffs(
@@ -159,6 +202,8 @@ def _coeffs(
     ct = _compute_dtype(out_dtype)
     lead = tuple(H.shape[:-2])
     with _stream(out_dtype):
+        if _no_tokens(lead):
+            return mx.zeros((*lead, *static_alpha.shape), out_dtype), mx.zeros((*lead, *static_beta.shape), out_dtype)
         if not dynamic:
             alpha = mx.broadcast_to(static_alpha.astype(out_dtype), (*lead, *static_alpha.shape))
             beta = mx.broadcast_to(static_beta.astype(out_dtype), (*lead, *static_beta.shape))
@@ -183,24 +228,30 @@ def _coeffs(
 def _mix(H: Array, alpha: Array) -> Array:
     """``mix = alpha^T H`` (``hcref._core.mix``): ``mix[..., t, :] = sum_i alpha[..., i, t] H[..., i, :]``.
 
-    Shapes: H (..., k, w), alpha (..., k, c) -> mix (..., c, w), in the promoted dtype.
+    Shapes: H (..., k, w), alpha (..., k, c) -> mix (..., c, w), in the dtype of ``H`` (the state's),
+    computed in at least float32 (the promotion of H and alpha) and rounded once.
     """
-    out_dtype = _promote(H, alpha)
-    ct = _compute_dtype(out_dtype)
-    with _stream(out_dtype):
+    ct = _compute_dtype(_promote(H, alpha))
+    lead = tuple(H.shape[:-2])
+    with _stream(ct):
+        if _no_tokens(lead):
+            return mx.zeros((*lead, alpha.shape[-1], H.shape[-1]), H.dtype)
         mixed = mx.swapaxes(alpha.astype(ct), -1, -2) @ H.astype(ct)
-        return mixed.astype(out_dtype)
+        return mixed.astype(H.dtype)
 
 
 def _write(y: Array, H_res: Array, beta: Array) -> Array:
     """``H_out = beta[..., None] * y + H_res`` with y (..., 1 or k, w) broadcast to H_res (..., k, w).
 
-    Half inputs are written in float32 and rounded once; the VJP's reduction
-    ``g_beta = sum_c g y`` then accumulates in float32 as well.
+    The result has the promoted dtype of ``y`` and ``H_res`` (the state's; ``beta`` may be float32
+    coefficients on a bfloat16 state). Half inputs are written in float32 and rounded once; the
+    VJP's reduction ``g_beta = sum_c g y`` then accumulates in float32 as well.
     """
-    out_dtype = _promote(y, H_res, beta)
-    ct = _compute_dtype(out_dtype)
-    with _stream(out_dtype):
+    out_dtype = _promote(y, H_res)
+    ct = _compute_dtype(_promote(y, H_res, beta))
+    with _stream(ct):
+        if _no_tokens(tuple(H_res.shape[:-2])):
+            return mx.zeros(H_res.shape, out_dtype)
         out = beta.astype(ct)[..., None] * y.astype(ct) + H_res.astype(ct)
         return out.astype(out_dtype)
 
