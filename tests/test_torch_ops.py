@@ -161,3 +161,24 @@ def test_lower_precision_against_float64_reference(
     """Forward and VJP in float32/bfloat16/float16 against the float64 reference on the same rounded
     values (see op_cases.check_lower_precision)."""
     check_lower_precision(backend, name, inputs, options, dtype_name)
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_scale_safe_norm_functions_against_finite_differences(norm: str) -> None:
+    """The hand-written VJPs of the scale-safe norms (layernorm, and rmsnorm folded into the
+    projection) against float64 finite differences, and their double backward (recorded through the
+    same formula in plain torch ops), on rows with max|x| from 0.5 to 6 (s = 1, 2, 4)."""
+    from hcref_torch import ops
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 2, 6, generator=gen, dtype=torch.float64) * torch.tensor([0.2, 1.0, 2.5]).reshape(3, 1, 1))
+    x.requires_grad_(True)
+    Wn = torch.randn(6, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    if norm == "rmsnorm":
+        inputs: tuple[Any, ...] = (x, Wn)
+        fn = ops._RmsProj.apply
+    else:
+        inputs = (x,)
+        fn = ops._LayerNormHat.apply
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)

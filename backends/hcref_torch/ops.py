@@ -37,7 +37,7 @@ traced before weights are loaded.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -101,6 +101,34 @@ def _dot_rows(a: Tensor, b: Tensor) -> Tensor:
     return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1)).squeeze(-1)
 
 
+def _rms_proj_math(x: Tensor, Wn: Tensor) -> Tensor:
+    """:class:`_RmsProj` in plain differentiable torch ops (what its double backward differentiates)."""
+    s = _row_scale(x)
+    xs = x * s.reciprocal()
+    r_scaled = torch.rsqrt((xs * xs).mean(dim=-1, keepdim=True) + RMSNORM_EPS / s / s)
+    return r_scaled * torch.matmul(xs, Wn)
+
+
+def _layernorm_hat_math(x: Tensor) -> Tensor:
+    """:class:`_LayerNormHat` in plain differentiable torch ops (what its double backward differentiates)."""
+    s = _row_scale(x)
+    xs = x * s.reciprocal()
+    xc = xs - xs.mean(dim=-1, keepdim=True)
+    var = (xc * xc).mean(dim=-1, keepdim=True) + LAYERNORM_EPS / s / s
+    return xc * torch.rsqrt(var.clamp_min(torch.finfo(x.dtype).tiny))
+
+
+def _recorded_vjp(
+    fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], needs: tuple[bool, ...], g: Tensor
+) -> tuple[Tensor | None, ...]:
+    """The VJP of ``fn`` at ``inputs``, recorded by autograd: the backward of a custom function
+    when it is itself differentiated (``create_graph=True``)."""
+    wanted = [t for t, need in zip(inputs, needs) if need]
+    with torch.enable_grad():
+        grads = iter(torch.autograd.grad(fn(*inputs), wanted, g, create_graph=True))
+    return tuple(next(grads) if need else None for need in needs)
+
+
 class _RmsProj(torch.autograd.Function):
     """``rmsnorm(x) W = r' (x' @ Wn)`` with ``Wn = diag(weight) W`` (module docstring): per row
     ``x' = x / s``, ``r' = (mean(x'^2) + eps / s / s)^(-1/2)``; equal to ``r (x @ Wn)`` with
@@ -108,7 +136,8 @@ class _RmsProj(torch.autograd.Function):
 
     VJP with ``u = r' p``, ``p = x' @ Wn``, ``c = <g, u> r'^2 / w``:
     ``g_x = ((r' g) Wn^T - c x') / s`` and ``g_Wn = x^T (r g)`` summed over all rows; every
-    intermediate is of the order of ``g`` (the final ``/ s`` gives the true scale).
+    intermediate is of the order of ``g`` (the final ``/ s`` gives the true scale). Under
+    ``create_graph=True`` the VJP of :func:`_rms_proj_math` is recorded instead (higher-order gradients).
     Shapes: x (..., w), Wn (w, o) -> u (..., o)."""
 
     @staticmethod
@@ -123,8 +152,10 @@ class _RmsProj(torch.autograd.Function):
         return u
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         x, Wn, r_scaled, inv_s, u = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _recorded_vjp(_rms_proj_math, (x, Wn), ctx.needs_input_grad, g)
         w, o = x.shape[-1], Wn.shape[-1]
         g_x = g_Wn = None
         if ctx.needs_input_grad[0]:
@@ -143,7 +174,8 @@ class _LayerNormHat(torch.autograd.Function):
     without the affine part). ``F.layer_norm`` takes one scalar eps and cannot rescale it per row.
 
     VJP (``hcref.norms.layernorm_vjp``), with ``r = r' / s``:
-    ``g_x = r (g_hat - mean(g_hat) - x_hat mean(g_hat x_hat))``. Shapes: x (..., w) -> (..., w)."""
+    ``g_x = r (g_hat - mean(g_hat) - x_hat mean(g_hat x_hat))``; under ``create_graph=True`` the VJP
+    of :func:`_layernorm_hat_math` is recorded instead. Shapes: x (..., w) -> (..., w)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:
@@ -154,12 +186,14 @@ class _LayerNormHat(torch.autograd.Function):
         var = torch.linalg.vector_norm(x_hat, dim=-1, keepdim=True).square_() / w
         r_scaled = torch.rsqrt((var + LAYERNORM_EPS / s / s).clamp_min_(torch.finfo(x.dtype).tiny))
         x_hat.mul_(r_scaled)
-        ctx.save_for_backward(x_hat, r_scaled / s)
+        ctx.save_for_backward(x, x_hat, r_scaled / s)
         return x_hat
 
     @staticmethod
-    def backward(ctx: Any, g_hat: Tensor) -> Tensor:
-        x_hat, r = ctx.saved_tensors
+    def backward(ctx: Any, g_hat: Tensor) -> Tensor | None:
+        x, x_hat, r = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _recorded_vjp(_layernorm_hat_math, (x,), ctx.needs_input_grad, g_hat)[0]
         w = x_hat.shape[-1]
         g_x = torch.addcmul(g_hat, x_hat, _dot_rows(g_hat, x_hat) / w, value=-1.0)
         return g_x.sub_(g_hat.mean(dim=-1, keepdim=True)).mul_(r)
