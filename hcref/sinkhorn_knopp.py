@@ -60,22 +60,20 @@ def _scaled(Z: Array, r: Array, c: Array) -> Array:
     return np.exp((Z - r[..., :, None]) - c[..., None, :])
 
 
-def _potentials(Z: Array, iters: int) -> list[tuple[Array, Array]]:
-    """``[(r_{t-1}, c_t), ...]`` then ``r_iters`` last as ``(r_iters, c_iters)``: every
-    potential of the log-domain iteration (module docstring), 2 * iters n-vectors per token."""
-    r = np.zeros(Z.shape[:-1], Z.dtype)
-    steps: list[tuple[Array, Array]] = []
+def _potentials(Z: Array, iters: int) -> tuple[list[Array], list[Array]]:
+    """``([r_0, ..., r_iters], [c_1, ..., c_iters])``: every potential of the log-domain iteration
+    (module docstring), ``r_0 = 0``; 2 * iters n-vectors per token."""
+    rs = [np.zeros(Z.shape[:-1], Z.dtype)]
+    cs: list[Array] = []
     for _ in range(iters):
-        c = _logsumexp(Z - r[..., :, None], axis=-2)
-        steps.append((r, c))
-        r = _logsumexp(Z - c[..., None, :], axis=-1)
-    steps.append((r, steps[-1][1]))
-    return steps
+        cs.append(_logsumexp(Z - rs[-1][..., :, None], axis=-2))
+        rs.append(_logsumexp(Z - cs[-1][..., None, :], axis=-1))
+    return rs, cs
 
 
 def _paper(Z: Array, iters: int) -> Array:
-    r, c = _potentials(Z, iters)[-1]
-    P = _scaled(Z, r, c)
+    rs, cs = _potentials(Z, iters)
+    P = _scaled(Z, rs[-1], cs[-1])
     return P / P.sum(axis=-1, keepdims=True)
 
 
@@ -90,21 +88,16 @@ def _paper_vjp(Z: Array, g_P: Array, iters: int) -> Array:
         for t = iters..1:   g_A = g_L - M_t * rowsum(g_L);   g_L = g_A - Q_t * colsum(g_A)
         g_Z = g_L
 
-    ``M_t`` and ``Q_t`` are recomputed from the stored potentials (2 * iters n-vectors per
-    token, never 2 * iters matrices). The closing row division of the forward is the identity
-    on a row-stochastic matrix, and so is its VJP composed with the last row step: it adds
-    nothing here.
+    ``M_t = exp(Z - r_t - c_t)`` and ``Q_t = exp(Z - r_{t-1} - c_t)`` are recomputed from the
+    stored potentials (2 * iters n-vectors per token, never 2 * iters matrices). The closing
+    row division of the forward is the identity on a row-stochastic matrix, and its VJP
+    composed with that of the last row step is the latter's: it adds nothing here.
     """
-    steps = _potentials(Z, iters)
-    r, c = steps[-1]
-    P = _scaled(Z, r, c)
-    g = g_P * P
-    for r_prev, c in reversed(steps[:-1]):
-        M = _scaled(Z, r, c)
-        g = g - M * g.sum(axis=-1, keepdims=True)
-        Q = _scaled(Z, r_prev, c)
-        g = g - Q * g.sum(axis=-2, keepdims=True)
-        r = r_prev
+    rs, cs = _potentials(Z, iters)
+    g = g_P * _scaled(Z, rs[-1], cs[-1])
+    for t in range(iters, 0, -1):
+        g = g - _scaled(Z, rs[t], cs[t - 1]) * g.sum(axis=-1, keepdims=True)
+        g = g - _scaled(Z, rs[t - 1], cs[t - 1]) * g.sum(axis=-2, keepdims=True)
     return g
 
 
