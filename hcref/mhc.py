@@ -61,14 +61,13 @@ def _sigmoid_grad(x: Array) -> Array:
     return sigmoid(x) * sigmoid(-x)
 
 
-def _project(H: Array, phi: Array) -> tuple[Array, Array]:
-    """``(v, z)``: the flattened state ``v = vec(H)`` and ``z = rms(v) phi``.
+def _project(H: Array, phi: Array) -> Array:
+    """``z = rms(vec(H)) phi``, the projection of the flattened, RMS-scaled state.
 
-    Shapes: H (..., n, d), phi (n*d, k) -> v (..., n*d), z (..., k).
+    Shapes: H (..., n, d), phi (n*d, k) -> z (..., k).
     """
-    vec = H.reshape(H.shape[:-2] + (H.shape[-2] * H.shape[-1],))
-    v_hat, _ = rms_normalize(vec, RMS_EPS)
-    return vec, v_hat @ phi
+    v_hat, _ = rms_normalize(H.reshape(H.shape[:-2] + (H.shape[-2] * H.shape[-1],)), RMS_EPS)
+    return v_hat @ phi
 
 
 def _project_vjp(H: Array, phi: Array, g_z: Array) -> tuple[Array, Array]:
@@ -94,7 +93,7 @@ def _logits(H: Array, p: Mapping[str, Array], n: int, dynamic: bool) -> tuple[Ar
     """``(logits (..., 2n+n^2), z or None)`` of a site, in the dtype of ``H`` and ``p``."""
     if not dynamic:
         return np.broadcast_to(p["b"], H.shape[:-2] + p["b"].shape), None
-    _, z = _project(H, p["phi"])
+    z = _project(H, p["phi"])
     return z * _gate_per_column(p["gates"], n) + p["b"], z
 
 
@@ -250,7 +249,7 @@ def mhc_post_vjp(
 
 def _head_weights(H: Array, p: Mapping[str, Array], eps: float) -> tuple[Array, Array, Array]:
     """``(w, a, z)``: ``z = rms(vec(H)) phi``, ``a = gate z + b``, ``w = sigmoid(a) + eps``."""
-    _, z = _project(H, p["phi"])
+    z = _project(H, p["phi"])
     a = p["gate"] * z + p["b"]
     return sigmoid(a) + eps, a, z
 
