@@ -8,7 +8,7 @@ matrix is packed, in how ``mix`` is split, and in the write step; see ``hyper.py
 Shapes: ``k`` rows (HC: n streams, FC: m fractions) of width ``w`` (HC: d, FC: e = d/m);
 ``c`` coefficient columns (HC: n+1, FC: 2m).
 
-Precision (decision D12). Every op computes in :func:`compute_dtype` of its inputs, the promoted
+Precision (decision D12). Every op computes in :func:`compute_dtype_of` its inputs, the promoted
 dtype but at least float32 (half-precision inputs accumulate in float32), and rounds its results
 once: coefficients to the promoted dtype of ``H`` and the parameters (float32 for float32
 parameters on a bfloat16/float16 state), the mixed state to the dtype of ``H`` (the state's
@@ -23,21 +23,20 @@ from collections.abc import Mapping
 import numpy as np
 
 from ._arrays import Array, sum_tokens
+from ._dtypes import compute_dtype, promoted
 from .norms import apply_norm, apply_norm_vjp
 from .validation import norm_keys
 
 
 def result_dtype(H: Array, params: Mapping[str, Array]) -> np.dtype:
     """The dtype of the coefficients: the promotion of ``H`` and every parameter."""
-    return np.result_type(H, *params.values())
+    return promoted(H, *params.values())
 
 
-def compute_dtype(*arrays: Array | np.dtype) -> np.dtype:
-    """The dtype an op computes in (D12): the promotion of its inputs, at least float32.
-
-    ``compute_dtype(float16, float32) = float32``, ``compute_dtype(float32, float64) = float64``.
-    """
-    return np.result_type(*arrays, np.float32)
+def compute_dtype_of(*arrays: Array) -> np.dtype:
+    """The dtype an op on ``arrays`` computes in (D12, :mod:`hcref._dtypes`): their promotion, at
+    least float32 (``float16, float32 -> float32``; ``float32, float64 -> float64``)."""
+    return compute_dtype(promoted(*arrays))
 
 
 def _cast(params: Mapping[str, Array], dtype: np.dtype) -> dict[str, Array]:
@@ -62,7 +61,7 @@ def coeffs(
     (identity when ``use_tanh`` is off), ``s = 1`` when ``use_scale`` is off. Static sites use
     only the static terms. Row i of alpha and beta depends on row i of H only.
 
-    Computed in :func:`compute_dtype` (at least float32), returned in :func:`result_dtype`.
+    Computed in :func:`compute_dtype_of` the inputs (at least float32), returned in :func:`result_dtype`.
 
     Shapes: H (..., k, w), static_alpha (k, c), static_beta (k,) -> alpha (..., k, c), beta (..., k).
     """
@@ -103,10 +102,10 @@ def coeffs_vjp(
     dynamic parameter key (``W_alpha``, ``W_beta``, ``s_alpha``, ``s_beta``, norm keys) to its
     gradient. Parameter gradients are summed over all tokens. Switched-off parts (norm,
     scales) get zero gradients; a static site returns ``g_H = 0``. Computed in
-    :func:`compute_dtype`; ``g_H`` and every parameter gradient in the dtype of its primal, the
+    :func:`compute_dtype_of` the inputs; ``g_H`` and every parameter gradient in the dtype of its primal, the
     static gradients in the compute dtype (the caller casts them to each static key's dtype).
     """
-    ct = compute_dtype(H, g_alpha, g_beta, *params.values())
+    ct = compute_dtype_of(H, g_alpha, g_beta, *params.values())
     g_alpha, g_beta = g_alpha.astype(ct, copy=False), g_beta.astype(ct, copy=False)
     g_static_alpha = sum_tokens(g_alpha, 2)
     g_static_beta = sum_tokens(g_beta, 1)
@@ -149,20 +148,20 @@ def coeffs_vjp(
 def mix(H: Array, alpha: Array) -> Array:
     """``mix = alpha^T H``: ``mix[..., t, :] = sum_i alpha[..., i, t] H[..., i, :]``.
 
-    Computed in :func:`compute_dtype` and rounded once to the dtype of ``H`` (the state's dtype;
+    Computed in :func:`compute_dtype_of` H and alpha and rounded once to the dtype of ``H`` (the state's dtype;
     ``alpha`` may be float32 coefficients on a bfloat16 state).
 
     Shapes: H (..., k, w), alpha (..., k, c) -> mix (..., c, w).
     """
-    ct = compute_dtype(H, alpha)
+    ct = compute_dtype_of(H, alpha)
     mixed = np.swapaxes(alpha.astype(ct, copy=False), -1, -2) @ H.astype(ct, copy=False)
     return mixed.astype(H.dtype, copy=False)
 
 
 def mix_vjp(H: Array, alpha: Array, g_mix: Array) -> tuple[Array, Array]:
     """VJP of :func:`mix`: ``g_H = alpha g_mix``, ``g_alpha = H g_mix^T`` (math.md 5.3), computed in
-    :func:`compute_dtype`; ``g_H`` in the dtype of ``H``, ``g_alpha`` in the dtype of ``alpha``."""
-    ct = compute_dtype(H, alpha, g_mix)
+    :func:`compute_dtype_of` the inputs; ``g_H`` in the dtype of ``H``, ``g_alpha`` in the dtype of ``alpha``."""
+    ct = compute_dtype_of(H, alpha, g_mix)
     H_c, alpha_c, g_c = (a.astype(ct, copy=False) for a in (H, alpha, g_mix))
     g_H = alpha_c @ g_c
     g_alpha = H_c @ np.swapaxes(g_c, -1, -2)

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import validation as v
 from ._arrays import Array, meta
+from ._dtypes import compute_dtype, promoted
 
 
 def expand(x: Array, n: int) -> Array:
@@ -30,7 +31,7 @@ def expand_vjp(x: Array, n: int, g_H: Array) -> tuple[Array]:
     """``g_x = sum_i g_H[..., i, :]``. Shapes: g_H (..., n, d) -> (g_x (..., d),)."""
     v.check_expand(meta("x", x), n)
     v.check_cotangent("g_H", meta("g_H", g_H), x.shape[:-1] + (n, x.shape[-1]))
-    return (g_H.sum(axis=-2, dtype=np.result_type(x, g_H, np.float32)).astype(x.dtype, copy=False),)
+    return (g_H.sum(axis=-2, dtype=compute_dtype(promoted(x, g_H))).astype(x.dtype, copy=False),)
 
 
 def reduce(H: Array) -> Array:
@@ -39,7 +40,7 @@ def reduce(H: Array) -> Array:
     Shapes: H (..., n, d) -> x (..., d).
     """
     v.check_reduce(meta("H", H))
-    return H.sum(axis=-2, dtype=np.result_type(H, np.float32)).astype(H.dtype, copy=False)
+    return H.sum(axis=-2, dtype=compute_dtype(H.dtype)).astype(H.dtype, copy=False)
 
 
 def reduce_vjp(H: Array, g_x: Array) -> tuple[Array]:

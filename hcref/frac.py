@@ -125,7 +125,7 @@ def fc_depth(y: Array, H_res: Array, beta: Array) -> Array:
     Shapes: y (..., d = m*e), H_res (..., m, e), beta (..., m) -> H_out (..., m, e).
     """
     v.check_depth("fc", meta("y", y), meta("H_res", H_res), meta("beta", beta))
-    ct = _core.compute_dtype(y, H_res, beta)
+    ct = _core.compute_dtype_of(y, H_res, beta)
     y_c, H_res_c, beta_c = (a.astype(ct, copy=False) for a in (y, H_res, beta))
     out = beta_c[..., :, None] * y_c.reshape(H_res.shape) + H_res_c
     return out.astype(np.result_type(y, H_res), copy=False)
@@ -139,7 +139,7 @@ def fc_depth_vjp(y: Array, H_res: Array, beta: Array, g_H_out: Array) -> tuple[A
     """
     v.check_depth("fc", meta("y", y), meta("H_res", H_res), meta("beta", beta))
     v.check_cotangent("g_H_out", meta("g_H_out", g_H_out), H_res.shape)
-    ct = _core.compute_dtype(y, H_res, beta, g_H_out)
+    ct = _core.compute_dtype_of(y, H_res, beta, g_H_out)
     y_c, beta_c, g_c = (a.astype(ct, copy=False) for a in (y, beta, g_H_out))
     g_y = (beta_c[..., :, None] * g_c).reshape(y.shape)
     g_beta = (g_c * y_c.reshape(H_res.shape)).sum(axis=-1)

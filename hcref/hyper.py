@@ -133,7 +133,7 @@ def hc_depth(y: Array, H_res: Array, beta: Array) -> Array:
     Shapes: y (..., d), H_res (..., n, d), beta (..., n) -> H_out (..., n, d).
     """
     v.check_depth("hc", meta("y", y), meta("H_res", H_res), meta("beta", beta))
-    ct = _core.compute_dtype(y, H_res, beta)
+    ct = _core.compute_dtype_of(y, H_res, beta)
     y_c, H_res_c, beta_c = (a.astype(ct, copy=False) for a in (y, H_res, beta))
     return (beta_c[..., :, None] * y_c[..., None, :] + H_res_c).astype(np.result_type(y, H_res), copy=False)
 
@@ -145,7 +145,7 @@ def hc_depth_vjp(y: Array, H_res: Array, beta: Array, g_H_out: Array) -> tuple[A
     """
     v.check_depth("hc", meta("y", y), meta("H_res", H_res), meta("beta", beta))
     v.check_cotangent("g_H_out", meta("g_H_out", g_H_out), H_res.shape)
-    ct = _core.compute_dtype(y, H_res, beta, g_H_out)
+    ct = _core.compute_dtype_of(y, H_res, beta, g_H_out)
     y_c, beta_c, g_c = (a.astype(ct, copy=False) for a in (y, beta, g_H_out))
     g_y = np.einsum("...j,...jc->...c", beta_c, g_c)
     g_beta = np.einsum("...jc,...c->...j", g_c, y_c)

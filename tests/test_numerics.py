@@ -269,6 +269,32 @@ def test_normed_coefficients_are_scale_invariant(backend_name: str, name: str, n
             assert worst <= 1, (where, worst)
 
 
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_coefficients_near_the_top_of_the_float32_range(backend_name: str) -> None:
+    """H of about 1e38 (float32's largest number is 3.4e38, bfloat16's 3.39e38): ``x W`` of the
+    unscaled H would overflow, the normed coefficients must not. Forward equals the float64 value at
+    scale 1; gradients are finite."""
+    backend = _backend(backend_name)
+    rng = np.random.default_rng(12)
+    for name, norm in _coeff_cases():
+        H, params = _inputs(name, (2,), rng, {"dynamic": True, "norm": norm})
+        params["W_alpha"] = params["W_alpha"] + 2.0
+        H = H / np.abs(H).max() * 3e38
+        out_shapes = [o.shape for o in hcref.__dict__[name](H, params, norm=norm)]
+        cots = [rng.normal(size=shape) for shape in out_shapes]
+        for dtype in _dtypes(backend, ("float32", "bfloat16")):
+            H_native = backend.asarray(H, dtype, "cpu")
+            p_native = _native(backend, params, dtype)
+            p64 = {k: _f64(backend, v) for k, v in p_native.items()}
+            outs, (g_H, g_p) = _run(backend, name, [H_native, p_native], {"norm": norm}, cots)
+            unit = _reference(name, [_f64(backend, H_native) / 1e38, p64], {"norm": norm}, cots)
+            tol = tolerance(dtype, "forward", contraction=H.shape[-1])
+            for o, r in zip(outs, unit[0]):
+                assert _ratio(_f64(backend, o), r, tol, float(np.max(np.abs(r))), 1e-5) <= 1, (name, norm, dtype)
+            assert np.isfinite(_f64(backend, g_H)).all()
+            assert all(np.isfinite(_f64(backend, g)).all() for g in g_p.values())
+
+
 H_CASE1 = np.array([[1.0, -2.0, 3.0, 0.5], [0.25, 1.0, -1.0, 2.0]])
 
 

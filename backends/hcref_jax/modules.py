@@ -11,7 +11,8 @@ Named dims: ``...`` any leading (token) axes, ``n`` streams, ``m`` fractions, ``
 Parameters are ``nnx.Param`` attributes named by the contract's keys (``A_m``, ``A_r``, ``B``,
 ``W_alpha``, ...), so ``nnx.state(module, nnx.Param)`` is hcref's checkpoint mapping, and start at
 ``hcref.init_hc`` / ``hcref.init_fc``. The modules call the functional ops of :mod:`hcref_jax.ops`
-(same precision policy: float32 coefficient math and mixing for bfloat16/float16 inputs) and
+(same precision policy, D12: float32 coefficient math and mixing for bfloat16/float16 inputs; a
+float32 module on a bfloat16 stream gives float32 coefficients and keeps the stream bfloat16) and
 work under ``nnx.jit`` / ``nnx.grad`` and, split into a pure function, ``jax.jit`` / ``jax.grad``.
 """
 

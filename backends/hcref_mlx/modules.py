@@ -11,7 +11,9 @@ Named dims: ``...`` any leading (token) axes, ``n`` streams, ``m`` fractions, ``
 Parameters are the module's array attributes under the contract's keys (``A_m``, ``A_r``, ``B``,
 ``W_alpha``, ...), so ``module.parameters()`` is hcref's checkpoint mapping, and start at
 ``hcref.init_hc`` / ``hcref.init_fc``. The modules hold no other arrays, so ``mx.compile`` with
-``inputs=model.state`` and ``nn.value_and_grad`` work as for any ``mlx.nn`` layer.
+``inputs=model.state`` and ``nn.value_and_grad`` work as for any ``mlx.nn`` layer. Precision (D12):
+a float32 module on a bfloat16/float16 stream computes float32 coefficients and keeps the stream
+(``h0``, ``H_out``) in the stream's dtype.
 """
 
 from __future__ import annotations

@@ -18,14 +18,18 @@ promoted dtype of ``y`` and ``H_res`` (the state's dtype, whatever the coefficie
 
 Scale-safe norms (D12, :mod:`hcref.norms`). Per row of width ``w``,
 ``s = 2^floor(log2(max(max|x|, 1)))`` (exactly: the exponent bits of ``max(max|x|, 1)``, read
-with ``mx.view``), ``x' = x * (1/s)`` (exact) and ``eps' = eps / s / s``:
+with ``mx.view``), capped at 2^126 (float32) / 2^1022 (float64) so that ``1/s`` is a normal number
+(flush-to-zero cannot touch it), ``x' = x * (1/s)`` (exact) and ``eps' = eps / s / s``:
 
-    layernorm: out = weight * (x' - mean(x')) r' + bias,  r' = max(mean((x' - mean(x'))^2) + eps', tiny)^(-1/2)
-    rmsnorm:   out = weight * x' r',                       r' = (mean(x'^2) + eps')^(-1/2)
+    layernorm: out = weight * (x' - mean(x')) r' + bias,
+               r' = max(mean((x' - mean(x'))^2) + eps', tiny)^(-1/2)
+    rmsnorm:   out = weight * x' r',  r' = (mean(x'^2) + eps')^(-1/2)
 
-(``tiny``: the compute dtype's smallest normal number), equal to the textbook forms in real
-arithmetic and bit for bit at ordinary scales (``s = 1``); finite and correct, forward and
-VJP, for any finite input.
+(``tiny``: the compute dtype's smallest normal number; the reference floors at the smallest
+subnormal, which differs only in the gradient of a row of equal entries beyond about 3e16 in
+float32, where ``x_hat = 0`` either way, and a normal floor is immune to flush-to-zero). They
+equal the textbook forms in real arithmetic and bit for bit at ordinary scales (``s = 1``); finite
+and correct, forward and VJP, for any finite input.
 
 Empty token sets. MLX (0.32) returns uninitialised memory from a sum over a zero-size axis of
 a non-contiguous array, or does not return at all (``mx.swapaxes(mx.zeros((0, 3, 4)), -1,
@@ -102,17 +106,22 @@ def _no_tokens(lead: tuple[int, ...]) -> bool:
     return 0 in lead
 
 
-_EXPONENT_BITS = {mx.float32: (mx.int32, 0x7F800000), mx.float64: (mx.int64, 0x7FF0000000000000)}
+_EXPONENT_BITS = {
+    mx.float32: (mx.int32, 0x7F800000, 2.0**126),
+    mx.float64: (mx.int64, 0x7FF0000000000000, 2.0**1022),
+}
 """The integer view and exponent mask of each compute dtype (an IEEE number with its mantissa
-bits cleared is the largest power of two not above it)."""
+bits cleared is the largest power of two not above it), and the cap of ``s``: the largest power
+of two whose reciprocal is a normal number (Metal flushes subnormals to zero)."""
 
 
 def _row_scale(x: Array) -> Array:
     """``s = 2^floor(log2(max(max|x|, 1)))`` over the last axis (keepdims), exact and without
-    gradient (:func:`hcref.norms.row_scale`). x (..., w) float32/float64 -> s (..., 1)."""
+    gradient (:func:`hcref.norms.row_scale`), capped at 2^126 (float32) / 2^1022 (float64) so that
+    ``1/s`` is a normal number; ``x / s`` then lies in ``[-4, 4)``. x (..., w) float32/float64 -> s (..., 1)."""
     x = mx.stop_gradient(x)
-    amax = mx.maximum(mx.maximum(x.max(axis=-1, keepdims=True), -x.min(axis=-1, keepdims=True)), 1.0)
-    bits, mask = _EXPONENT_BITS[x.dtype]
+    bits, mask, cap = _EXPONENT_BITS[x.dtype]
+    amax = mx.clip(mx.maximum(x.max(axis=-1, keepdims=True), -x.min(axis=-1, keepdims=True)), 1.0, cap)
     return mx.view(mx.view(amax, bits) & mx.array(mask, dtype=bits), x.dtype)
 
 

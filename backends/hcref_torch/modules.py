@@ -10,7 +10,9 @@ Named dims: ``...`` any leading (token) axes, ``n`` streams, ``m`` fractions, ``
 
 Parameters are registered under the contract's keys (``A_m``, ``A_r``, ``B``, ``W_alpha``, ...),
 so ``state_dict()`` is the checkpoint format of hcref, and start at ``hcref.init_hc`` /
-``hcref.init_fc``.
+``hcref.init_fc``. Precision (D12): a float32 module on a bfloat16/float16 stream computes float32
+coefficients and keeps the stream (``h0``, ``H_out``) in the stream's dtype, so a half-precision
+sublayer sees half-precision inputs. ``device="meta"`` builds the module without memory.
 """
 
 from __future__ import annotations

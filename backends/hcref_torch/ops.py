@@ -17,19 +17,23 @@ lower that precision.
 
 Scale-safe norms (D12, :mod:`hcref.norms`). Per row of width ``w``,
 ``s = 2^floor(log2(max(max|x|, 1)))`` (read exactly from the exponent bits of ``max(max|x|, 1)``),
-``x' = x * (1/s)`` (exact) and ``eps' = eps / s / s``:
+capped at 2^126 (float32) / 2^1022 (float64) so that ``1/s`` is a normal number
+(flush-to-zero cannot touch it), ``x' = x * (1/s)`` (exact) and ``eps' = eps / s / s``:
 
     layernorm: x_hat = (x' - mean(x')) r',  r' = max(mean((x' - mean(x'))^2) + eps', tiny)^(-1/2)
                layernorm(x) W = x_hat (diag(weight) W) + bias W
     rmsnorm:   r' = (mean(x'^2) + eps')^(-1/2)
                rmsnorm(x) W = r' (x' (diag(weight) W))  =  r (x (diag(weight) W)),  r = r' / s
 
-(``tiny``: the compute dtype's smallest normal number). These equal the textbook forms exactly
-in real arithmetic and bit for bit at ordinary scales (``s = 1``). Both norms are folded into the
-coefficient projection ``W = [W_alpha | W_beta]``: rmsnorm never stores the normalised H (one
-custom autograd function with a hand-written VJP), layernorm applies its affine weights to the
-small ``W``. The folded product is formed on ``x'`` (entries in ``[-2, 2)``), so it stays finite
-whenever the weights are; any finite input gives finite coefficients and gradients.
+(``tiny``: the compute dtype's smallest normal number; the reference floors at the smallest
+subnormal, which differs only in the gradient of a row of equal entries beyond about 3e16 in
+float32, where ``x_hat = 0`` either way, and a normal floor is immune to flush-to-zero). They
+equal the textbook forms exactly in real arithmetic and bit for bit at ordinary scales (``s = 1``).
+Both norms are folded into the coefficient projection ``W = [W_alpha | W_beta]``: rmsnorm never
+stores the normalised H (one custom autograd function with a hand-written VJP), layernorm applies
+its affine weights to the small ``W``. The folded product is formed on ``x'`` (entries in
+``[-4, 4)``), so it stays finite whenever the weights are: any finite input gives finite
+coefficients and gradients.
 
 Tensors on the ``meta`` device work (shapes and dtypes only): ops and modules can be built and
 traced before weights are loaded.
@@ -81,18 +85,23 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in _LOW else dtype
 
 
-_EXPONENT_BITS = {torch.float32: (torch.int32, 0x7F800000), torch.float64: (torch.int64, 0x7FF0000000000000)}
+_EXPONENT_BITS = {
+    torch.float32: (torch.int32, 0x7F800000, 2.0**126),
+    torch.float64: (torch.int64, 0x7FF0000000000000, 2.0**1022),
+}
 """The integer view and exponent mask of each compute dtype (an IEEE number with its mantissa
-bits cleared is the largest power of two not above it)."""
+bits cleared is the largest power of two not above it), and the cap of ``s``: the largest power
+of two whose reciprocal is a normal number (so ``x * (1/s)`` survives flush-to-zero)."""
 
 
 def _row_scale(x: Tensor) -> Tensor:
     """``s = 2^floor(log2(max(max|x|, 1)))`` over the last axis (keepdim), exactly and without
-    gradient: the exponent bits of ``max(max|x|, 1)`` (:func:`hcref.norms.row_scale`).
-    x (..., w) in float32/float64 -> s (..., 1)."""
+    gradient: the exponent bits of ``max(max|x|, 1)`` (:func:`hcref.norms.row_scale`), capped at
+    2^126 (float32) / 2^1022 (float64) so that ``1/s`` is a normal number; ``x / s`` then lies in
+    ``[-4, 4)``. x (..., w) in float32/float64 -> s (..., 1)."""
     x = x.detach()
-    amax = torch.maximum(x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True).neg()).clamp_min(1.0)
-    bits, mask = _EXPONENT_BITS[x.dtype]
+    bits, mask, cap = _EXPONENT_BITS[x.dtype]
+    amax = torch.maximum(x.amax(dim=-1, keepdim=True), x.amin(dim=-1, keepdim=True).neg()).clamp(1.0, cap)
     return (amax.view(bits) & mask).view(x.dtype)
 
 
