@@ -31,7 +31,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hcref
-from hcref.optable import OPS
+from hcref.optable import MHC_OPS, OPS
 from hcref.tolerances import Tolerance, tolerance
 
 BACKENDS = ("hcref_numpy", "hcref_torch", "hcref_jax", "hcref_mlx")
@@ -459,6 +459,50 @@ def test_empty_token_sets_mlx_returns_promptly() -> None:
     except subprocess.TimeoutExpired:
         pytest.fail("hcref_mlx did not return within 300 s on empty token sets")
     assert done.returncode == 0, done.stderr[-4000:]
+
+
+def _mhc_inputs(name: str, lead: tuple[int, ...], rng: np.random.Generator) -> tuple[Any, ...]:
+    """float64 inputs of the mHC op ``name`` (:data:`hcref.optable.MHC_OPS`), n = 3, d = 4."""
+    n, d = 3, 4
+    r = rng.normal
+    p_mhc = {k: v + 0.3 * r(size=np.shape(v)) for k, v in hcref.init_mhc(n, d, 0).items()}
+    p_head = {k: np.asarray(v + 0.3 * r(size=np.shape(v))) for k, v in hcref.init_mhc_head(n, d).items()}
+    values = {"Z": r(size=(*lead, n, n)), "H": r(size=(*lead, n, d)), "y": r(size=(*lead, d)),
+              "h_pre": r(size=(*lead, n)), "h_post": r(size=(*lead, n)), "h_res": r(size=(*lead, n, n))}
+    return tuple(
+        (p_head if name == "mhc_head" else p_mhc) if arg == "params" else values[arg] for arg in MHC_OPS[name].inputs
+    )
+
+
+@pytest.mark.parametrize("name", list(MHC_OPS))
+def test_reference_mhc_ops_on_empty_token_sets_and_extreme_scales(name: str) -> None:
+    """The reference's mHC ops (the numpy backend binds them; the other backends do not have them
+    yet): leading axes (0,) and (2, 0, 3) give empty results and exactly zero parameter gradients;
+    states (H, y) of 1e20 in float32 give finite results and gradients, and the coefficient ops
+    equal the float64 values at scale 1 (their RMS scaling is scale-invariant)."""
+    spec = MHC_OPS[name]
+    rng = np.random.default_rng(4)
+    for lead in EMPTY_LEADS:
+        inputs = _mhc_inputs(name, lead, rng)
+        outs = _outs(getattr(hcref, name)(*inputs))
+        grads = getattr(hcref, spec.vjp_name)(*inputs, *[np.ones_like(o) for o in outs])
+        assert all(o.size == 0 and o.shape[: len(lead)] == lead for o in outs), name
+        for key, g in _flat(list(grads), spec.differentiable):
+            assert g.size == 0 if key in spec.inputs else np.array_equal(g, np.zeros_like(g)), (name, key)
+    inputs = _mhc_inputs(name, (2,), rng)
+    scaled = [x * 1e20 if arg in ("H", "y") else x for arg, x in zip(spec.inputs, inputs)]
+    as32 = [{k: np.asarray(v, np.float32) for k, v in x.items()} if isinstance(x, dict) else x.astype(np.float32)
+            for x in scaled]
+    outs = _outs(getattr(hcref, name)(*as32))
+    grads = getattr(hcref, spec.vjp_name)(*as32, *[np.ones_like(o) for o in outs])
+    assert all(np.isfinite(o).all() for o in outs), name
+    assert all(np.isfinite(g).all() for _, g in _flat(list(grads), spec.differentiable)), name
+    if name == "mhc_coeffs":
+        unit = [{k: v.astype(np.float64) for k, v in x.items()} if isinstance(x, dict) else x.astype(np.float64) / 1e20
+                for x in as32]
+        for o, r in zip(outs, _outs(hcref.mhc_coeffs(*unit))):
+            assert _ratio(o.astype(np.float64), r, tolerance("float32", "forward", contraction=12),
+                          float(np.max(np.abs(r))), 1e-5) <= 1
 
 
 # --- mixed precision (D12) --------------------------------------------------------------------
