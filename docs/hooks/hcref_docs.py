@@ -156,8 +156,8 @@ def resolve(ref: Reference) -> str | None:
 # mkdocs hooks
 
 _ORDER = {
-    "hcref": ["ends", "hyper", "frac", "sinkhorn", "mhc", "site", "init", "norms", "network", "checks",
-              "tolerances", "interface", "optable", "validation"],
+    "hcref": ["ends", "hyper", "frac", "sinkhorn", "sinkhorn_knopp", "mhc", "site", "init", "norms", "network",
+              "checks", "tolerances", "interface", "optable", "validation"],
     "*": ["ops", "modules"],
 }
 _API_MARKER = re.compile(r"^<!-- api-modules (?P<package>\w+)(?: skip=(?P<skip>\S+))? -->$", re.M)
@@ -171,13 +171,21 @@ def _package_dir(package: str) -> Path:
 
 
 def public_modules(package: str, skip: tuple[str, ...] = ()) -> list[str]:
-    """The public modules and subpackages of ``package`` present in the source tree, in page order."""
-    folder = _package_dir(package)
+    """The public modules and subpackages of ``package`` present in the source tree, in page order
+    (dotted below ``package``; a public subpackage is followed by its own public modules)."""
+    return _public_modules(_package_dir(package), _ORDER.get(package, _ORDER["*"]), skip)
+
+
+def _public_modules(folder: Path, order: list[str], skip: tuple[str, ...]) -> list[str]:
     names = [p.stem for p in folder.glob("*.py") if p.stem != "__init__"]
     names += [p.name for p in folder.iterdir() if p.is_dir() and (p / "__init__.py").is_file()]
     names = [n for n in names if not n.startswith("_") and not any(fnmatch.fnmatch(n, s) for s in skip)]
-    order = _ORDER.get(package, _ORDER["*"])
-    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
+    out = []
+    for name in sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n)):
+        out.append(name)
+        if (folder / name).is_dir():
+            out += [f"{name}.{sub}" for sub in _public_modules(folder / name, _ORDER["*"], skip)]
+    return out
 
 
 def _expand_api(match: re.Match[str]) -> str:
