@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -31,14 +32,16 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from torch_gpt import DATA, GPT  # noqa: E402  (the model of examples/torch_gpt.py, unchanged)
+from torch_gpt import DATA, GPT
 
 
 def shard(model: GPT, mesh: Any) -> None:
     """FSDP2 over ``mesh``: one group per residual site, the root for the rest (embeddings, final norm, head)."""
+    from hcref_torch.parallel import average_gradients, scalar_parameters
     from torch.distributed.fsdp import fully_shard
 
-    from hcref_torch.parallel import average_gradients, scalar_parameters
+    # the root returns the head's output, a view (nn.Linear on 3-D input); nothing here writes to it in place
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
 
     scalars = scalar_parameters(model)  # the gates of the dynamic sites: fully_shard refuses 0-dim parameters
     connections = list(model.connections) or [None] * len(model.sublayers)
@@ -100,12 +103,16 @@ def run(
         if verbose and rank == 0 and (step % log_every == 0 or step == steps - 1):
             print(f"step {step:4d}  loss {losses[-1]:.4f}  ({time.perf_counter() - start:.1f}s)")
     if verbose and rank == 0:
-        print(f"mode={mode} rate={rate} procs={world} final loss {losses[-1]:.4f} (uniform: {math.log(len(chars)):.4f})")
+        print(
+            f"mode={mode} rate={rate} procs={world} final loss {losses[-1]:.4f} (uniform: {math.log(len(chars)):.4f})"
+        )
     return losses
 
 
 def _spawned(rank: int, world: int, store: str, out: str, kwargs: dict[str, Any]) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=timedelta(seconds=120))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=timedelta(seconds=120)
+    )
     try:
         losses = run(rank, world, **kwargs)
         if rank == 0:

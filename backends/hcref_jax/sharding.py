@@ -1,3 +1,4 @@
+# mypy: disable-error-code="no-untyped-call,no-any-return"
 """Hyper-Connections and Frac-Connections on a device mesh: ``jax.jit`` with ``NamedSharding``, and ``shard_map``.
 
 Named dims: ``...`` token axes (batch, time), ``k`` rows of the state (HC: n streams, FC: m fractions),
@@ -38,11 +39,18 @@ scale-safe norm (D12) with explicit collectives over the model axis; autodiff de
               psum   row sum of H/s                       k           (layernorm only)
               psum   [(H_c nw) W | sum H_c^2], nb W       k (c+2) per token + (c+1)   (one all-reduce)
     backward  psum   cotangents of alpha and beta         k (c+1)     (where the replicated coefficients
-                                                                       meet the local columns)
-              psum   the norm's row means                 k           (layernorm: 2)
+                                                                       meet the local columns; XLA
+                                                                       combines the two into one)
+              psum   cotangent of the row mean            k           (layernorm only)
 
-The mixing and the write run on the local columns (no collective); ``h0`` is all-gathered for the
-sublayer (d per token) and the cotangent of ``y`` flows back through a psum of the local slices.
+(XLA's all-reduce combiner also folds independent ones together, e.g. the mean with ``nb W``.) The
+mixing and the write run on the local columns (no collective). ``h0`` is all-gathered for the sublayer
+(d per token). HC takes ``y`` sharded like one stream (a slice of a replicated ``y``, or XLA's
+reduce-scatter of a partial one), so its cotangent is all-gathered (d per token); FC takes ``y``
+replicated and slices its fraction columns, so its cotangent is an all-reduce (d per token, twice the
+bytes). The network's ends: :meth:`MeshPlan.expand` / :meth:`MeshPlan.frac_split` enter the layout at
+the cost of x (never of the n copies), :meth:`MeshPlan.reduce` stays sharded, :meth:`MeshPlan.frac_merge`
+gathers the state (d per token).
 """
 
 from __future__ import annotations
@@ -242,9 +250,18 @@ class MeshPlan:
     def _smap(self, f: Callable[..., Any], in_specs: Any, out_specs: Any) -> Callable[..., Any]:
         return jax.shard_map(f, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs)
 
-    def _coeffs(self, family: str, H: Array, params: Mapping[str, Array], options: dict[str, Any]) -> tuple[Array, Array]:
-        metas = {key: ops.meta(f"params[{key!r}]", value) for key, value in params.items()} if isinstance(params, Mapping) else {}
-        checked = (options.get(k, d) for k, d in (("norm", "layernorm"), ("use_tanh", True), ("use_norm", True), ("use_scale", True)))
+    def _coeffs(
+        self, family: str, H: Array, params: Mapping[str, Array], options: dict[str, Any]
+    ) -> tuple[Array, Array]:
+        metas = (
+            {key: ops.meta(f"params[{key!r}]", value) for key, value in params.items()}
+            if isinstance(params, Mapping)
+            else {}
+        )
+        checked = (
+            options.get(k, d)
+            for k, d in (("norm", "layernorm"), ("use_tanh", True), ("use_norm", True), ("use_scale", True))
+        )
         norm_opt, use_tanh, use_norm, use_scale = checked
         _, w, dynamic = v.check_coeffs(family, ops.meta("H", H), params, metas, norm_opt, use_tanh, use_norm, use_scale)
         params = {key: jnp.asarray(value) for key, value in params.items()}
@@ -256,9 +273,7 @@ class MeshPlan:
         if not dynamic:  # no reduction over the width: the plain op partitions by itself
             return (ops.hc_coeffs if family == "hc" else ops.fc_coeffs)(H, params, **options)
         norm = norm_opt if use_norm else "none"
-        local = partial(
-            _sharded_coeffs_local, axis=self.model, w=w, norm=norm, use_tanh=use_tanh, use_scale=use_scale
-        )
+        local = partial(_sharded_coeffs_local, axis=self.model, w=w, norm=norm, use_tanh=use_tanh, use_scale=use_scale)
         used = {key: params[key] for key in params if key not in ("A_m", "A_r", "Y", "A", "B")}
         f = self._smap(
             lambda H, sa, sb, p: local(H, sa, sb, p),
@@ -303,7 +318,7 @@ class MeshPlan:
             (self._spec(H.ndim - 1, 1), self.state_spec(H.ndim)),
         )
         H = self._reshard(H, self.state_spec(H.ndim))
-        return f(H, self._reshard(alpha, self._spec(alpha.ndim, 2)))  # type: ignore[no-any-return]
+        return f(H, self._reshard(alpha, self._spec(alpha.ndim, 2)))
 
     def hc_width(self, H: Array, alpha: Array) -> tuple[Array, Array]:
         """:func:`hcref_jax.hc_width` on the local columns; h0 (..., d) is returned replicated over ``model``."""
@@ -338,7 +353,7 @@ class MeshPlan:
         )
         y = self._reshard(y, P(*y_spec))
         H_res = self._reshard(H_res, self.state_spec(H_res.ndim))
-        return f(y, H_res, self._reshard(beta, self._spec(beta.ndim, 1)))  # type: ignore[no-any-return]
+        return f(y, H_res, self._reshard(beta, self._spec(beta.ndim, 1)))
 
     def hc_depth(self, y: Array, H_res: Array, beta: Array) -> Array:
         """:func:`hcref_jax.hc_depth` on the local columns; ``y (..., d)`` in any layout (taken replicated)."""
@@ -352,7 +367,12 @@ class MeshPlan:
 
     def width(self, module: HyperConnections | FracConnections, H: Array) -> tuple[Array, SiteState]:
         """``module.width(H)`` with H sharded as :meth:`state_spec`: h0 (..., d) replicated over ``model``."""
-        options = {"norm": module.norm, "use_tanh": module.use_tanh, "use_norm": module.use_norm, "use_scale": module.use_scale}
+        options = {
+            "norm": module.norm,
+            "use_tanh": module.use_tanh,
+            "use_norm": module.use_norm,
+            "use_scale": module.use_scale,
+        }
         family = module.family
         H = self._reshard(H, self.state_spec(H.ndim))  # once: coefficients and mixing read the same shards
         alpha, beta = self._coeffs(family, H, module.params(), options)
@@ -363,7 +383,14 @@ class MeshPlan:
         """``module.depth(y, state)`` on the local columns."""
         return self._depth(module.family, y, state.H_res, state.beta)
 
-    def site(self, module: HyperConnections | FracConnections, H: Array, branch: Callable[..., Array], *args: Any, **kwargs: Any) -> Array:
+    def site(
+        self,
+        module: HyperConnections | FracConnections,
+        H: Array,
+        branch: Callable[..., Array],
+        *args: Any,
+        **kwargs: Any,
+    ) -> Array:
         """One whole site: ``depth(branch(h0, *args, **kwargs), state)`` with ``h0, state = width(H)``."""
         h0, state = self.width(module, H)
         return self.depth(module, branch(h0, *args, **kwargs), state)

@@ -77,6 +77,7 @@ __all__ = [
     "gather_width",
     "scalar_parameters",
     "shard_width",
+    "width_sharded_coeffs",
 ]
 
 
@@ -93,22 +94,27 @@ def scalar_parameters(module: nn.Module) -> set[nn.Parameter]:
     return {p for p in module.parameters() if p.ndim == 0}
 
 
-def average_gradients(params: Iterable[nn.Parameter], mesh: DeviceMesh | dist.ProcessGroup | None = None) -> list[RemovableHandle]:
+def average_gradients(
+    params: Iterable[nn.Parameter], mesh: DeviceMesh | dist.ProcessGroup | None = None
+) -> list[RemovableHandle]:
     """Average the gradient of each parameter over the ranks of ``mesh`` (a 1-D mesh or a process group;
     default: the world) as it is computed in backward, as DDP and FSDP do for their parameters.
 
     The hook acts on the incoming gradient, before it is accumulated into ``.grad``, so gradient
-    accumulation over micro-batches stays correct. Returns the hook handles.
+    accumulation over micro-batches stays correct. A DTensor gradient (a parameter that is also tensor
+    parallel) is averaged shard by shard. Returns the hook handles.
     """
     group = mesh.get_group() if isinstance(mesh, DeviceMesh) else mesh
     world = dist.get_world_size(group)
 
     def hook(grad: Tensor) -> Tensor:
         grad = grad.clone()
-        dist.all_reduce(grad, group=group)
-        return grad / world
+        local = grad.to_local() if isinstance(grad, DTensor) else grad
+        dist.all_reduce(local, group=group)
+        local.div_(world)
+        return grad
 
-    return [p.register_hook(hook) for p in params]
+    return [p.register_hook(hook) for p in params]  # type: ignore[no-untyped-call]
 
 
 # --- tensor parallel: the width sharded --------------------------------------------------------------
@@ -223,7 +229,7 @@ class _WidthShardedCoeffs(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         H: Tensor,
         W_alpha: Tensor,
@@ -328,7 +334,7 @@ class _SumGradients(torch.autograd.Function):
     """Identity forward; backward all-reduces the cotangent (partial sums over the width shards)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, group: Any) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, group: Any) -> Tensor:
         ctx.group = group
         return x.clone()
 
@@ -341,7 +347,9 @@ def _apply(fn: type[torch.autograd.Function], *args: Any) -> Any:
     return fn.apply(*args)  # type: ignore[no-untyped-call]
 
 
-def width_sharded_coeffs(module: _Connection, H_local: Tensor, params: Mapping[str, Tensor], group: Any) -> tuple[Tensor, Tensor]:
+def width_sharded_coeffs(
+    module: _Connection, H_local: Tensor, params: Mapping[str, Tensor], group: Any
+) -> tuple[Tensor, Tensor]:
     """The coefficients ``alpha (..., k, c)``, ``beta (..., k)`` of ``module`` (replicated on every rank)
     from the local columns ``H_local (..., k, w/T)`` and the local parameter shards ``params``.
 
@@ -349,7 +357,7 @@ def width_sharded_coeffs(module: _Connection, H_local: Tensor, params: Mapping[s
     collectives as in the module docstring. The cotangents of the results must be partial sums over
     the width shards (true for the site's own mixing and write).
     """
-    k, w = _rows(module)
+    _, w = _rows(module)
     out_dtype = ops._promote(H_local, *params.values())
     ct = ops._compute_dtype(out_dtype)
     static_alpha, static_beta = FAMILIES[module.family].static(params)
@@ -413,13 +421,15 @@ class _WidthParallelConnection:
         mesh = self._tp_mesh
         H_res = state.H_res
         if not isinstance(y, DTensor) or not isinstance(H_res, DTensor):
-            raise TypeError(f"y: expected a DTensor (Partial, Replicate or Shard) on the module's mesh, got {type(y).__name__}")
+            raise TypeError(
+                f"y: expected a DTensor (Partial, Replicate or Shard) on the module's mesh, got {type(y).__name__}"
+            )
         last = H_res.ndim - 1
         if plan.merges_h0:
             if any(isinstance(p, Shard) for p in y.placements):  # a d-sharding does not match the fraction columns
                 y = y.redistribute(mesh, [Replicate()])
-            y = y.reshape(H_res.shape).redistribute(mesh, [Shard(last)])
-            y_local = y.to_local()
+            y_fractions: Any = y.reshape(H_res.shape)  # a DTensor: views keep Partial / Replicate
+            y_local = y_fractions.redistribute(mesh, [Shard(last)]).to_local()
             y_local = y_local.reshape(*y_local.shape[:-2], -1)
         else:
             y_local = y.redistribute(mesh, [Shard(y.ndim - 1)]).to_local()
@@ -452,9 +462,13 @@ class WidthParallel(ParallelStyle):
 
     def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
         if device_mesh.ndim != 1:
-            raise ValueError(f"device_mesh: expected a 1-D mesh (the tensor-parallel dimension), got {device_mesh.ndim} dims")
+            raise ValueError(
+                f"device_mesh: expected a 1-D mesh (the tensor-parallel dimension), got {device_mesh.ndim} dims"
+            )
         if not isinstance(module, _Connection) or module.family not in FAMILIES:
-            raise TypeError(f"module: expected a connection module of a family in {sorted(FAMILIES)}, got {type(module).__name__}")
+            raise TypeError(
+                f"module: expected a connection module of a family in {sorted(FAMILIES)}, got {type(module).__name__}"
+            )
         _, w = _rows(module)
         size = device_mesh.size()
         if w % size:
@@ -469,9 +483,8 @@ class WidthParallel(ParallelStyle):
         if cls not in _TP_CLASSES:
             _TP_CLASSES[cls] = type(f"WidthParallel{cls.__name__}", (_WidthParallelConnection, cls), {})
         module.__class__ = _TP_CLASSES[cls]
-        module._tp_mesh = device_mesh
+        module._tp_mesh = device_mesh  # type: ignore[assignment]
         return module
 
     def __repr__(self) -> str:
         return "WidthParallel()"
-
