@@ -131,6 +131,9 @@ def _sharded_coeffs_local(
         tokens, bias = psum((tokens, bias))
         eps = LAYERNORM_EPS if norm == "layernorm" else RMSNORM_EPS
         a = tokens[..., -1:] / w + eps / s / s
+        # hcref.norms floors at the smallest subnormal, but XLA flushes subnormals to zero (CPU, and GPUs with
+        # FTZ), which would give rsqrt(0) = inf; in float32/64 the smallest normal changes no value but a
+        # zero variance whose eps / s^2 underflowed (a constant row beyond 1e16), where x_hat = 0 either way.
         r = jax.lax.rsqrt(jnp.maximum(a, jnp.finfo(ct).tiny))
         u = r * tokens[..., :-1] + bias
     if use_tanh:

@@ -216,7 +216,7 @@ class _WidthShardedCoeffs(torch.autograd.Function):
         s     = row_scale(allreduce_max(max|x|))              x' = x / s
         mu    = allreduce_sum(sum x') / w                     (layernorm; 0 for rmsnorm)
         [P|Q] = allreduce_sum([((x'-mu) nw) W | sum (x'-mu)^2]),  with wW = nw W, bW = nb W (one buffer)
-        r'    = (max(Q / w + eps / s / s, tiny))^(-1/2),       x_hat = (x' - mu) r',  v = r' P
+        r'    = (max(Q / w + eps / s / s, subnormal))^(-1/2),  x_hat = (x' - mu) r',  v = r' P
         u     = v + bW                                        (= (x_hat nw + nb) W, the projections)
 
     Backward. The cotangents of alpha and beta arrive as partial sums over the width shards (their only
@@ -263,7 +263,8 @@ class _WidthShardedCoeffs(torch.autograd.Function):
             wW = flat[tokens.numel() : tokens.numel() + c1]
             eps = LAYERNORM_EPS if cfg.norm == "layernorm" else RMSNORM_EPS
             a = tokens[..., c1:] / w + eps / s / s
-            r_scaled = torch.rsqrt(a.clamp_min(torch.finfo(ct).tiny))
+            # floored at the smallest subnormal, as hcref.norms (only a zero variance with eps/s^2 underflowed)
+            r_scaled = torch.rsqrt(a.clamp_min(torch.finfo(ct).tiny * torch.finfo(ct).eps))
             x_hat = xc * r_scaled
             r = r_scaled / s
             v = r_scaled * tokens[..., :c1]
