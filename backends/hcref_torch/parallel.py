@@ -40,9 +40,9 @@ collectives on the mesh's process group (per token, per site; ``k (.)`` floats e
                                                               closed-form from replicated values
 
 ``norm="rmsnorm"`` skips the mean, ``norm="none"`` (or ``use_norm=False``) needs only the projection.
-The sublayer gathers ``h0`` (all-gather, d per token) and returns ``y`` as partial sums that are
-reduce-scattered into the width shards (d per token): the same two collectives a Megatron-style
-sequence-parallel block has per sublayer, so the HC/FC state adds only the small statistics above.
+``width`` all-gathers ``h0`` for the sublayer (d per token) and ``depth`` reduce-scatters the sublayer's
+partial sums ``y`` into the width shards (d per token): the two collectives a Megatron-style
+sequence-parallel block has per sublayer anyway, so the HC/FC state adds only the small statistics above.
 ``h0`` is handed to the sublayer as a ``Replicate()`` DTensor; ``y`` may come back ``Partial()`` (the
 cheapest: ``RowwiseParallel(output_layouts=Partial(), use_local_output=False)``), ``Replicate()`` or,
 for HC, ``Shard(-1)``.
