@@ -20,14 +20,13 @@ Scale-safe norms (D12, :mod:`hcref.norms`). Per row of width ``w``,
 capped at 2^126 (float32) / 2^1022 (float64) so that ``1/s`` is a normal number
 (flush-to-zero cannot touch it), ``x' = x * (1/s)`` (exact) and ``eps' = eps / s / s``:
 
-    layernorm: x_hat = (x' - mean(x')) r',  r' = max(mean((x' - mean(x'))^2) + eps', tiny)^(-1/2)
+    layernorm: x_hat = (x' - mean(x')) r',  r' = max(mean((x' - mean(x'))^2) + eps', sub)^(-1/2)
                layernorm(x) W = x_hat (diag(weight) W) + bias W
     rmsnorm:   r' = (mean(x'^2) + eps')^(-1/2)
                rmsnorm(x) W = r' (x' (diag(weight) W))  =  r (x (diag(weight) W)),  r = r' / s
 
-(``tiny``: the compute dtype's smallest normal number; the reference floors at the smallest
-subnormal, which differs only in the gradient of a row of equal entries beyond about 3e16 in
-float32, where ``x_hat = 0`` either way, and a normal floor is immune to flush-to-zero). They
+(``sub``: the compute dtype's smallest subnormal number, as :mod:`hcref.norms`: it only acts on a
+zero variance whose ``eps'`` underflowed, and gives the exact ``x_hat = 0``). They
 equal the textbook forms exactly in real arithmetic and bit for bit at ordinary scales (``s = 1``).
 Both norms are folded into the coefficient projection ``W = [W_alpha | W_beta]``: rmsnorm never
 stores the normalised H (one custom autograd function with a hand-written VJP), layernorm applies
@@ -94,6 +93,12 @@ bits cleared is the largest power of two not above it), and the cap of ``s``: th
 of two whose reciprocal is a normal number (so ``x * (1/s)`` survives flush-to-zero)."""
 
 
+def _smallest_subnormal(dtype: torch.dtype) -> float:
+    """The smallest positive number of ``dtype`` (the floor of the layernorm variance, as :mod:`hcref.norms`)."""
+    info = torch.finfo(dtype)
+    return info.tiny * info.eps
+
+
 def _row_scale(x: Tensor) -> Tensor:
     """``s = 2^floor(log2(max(max|x|, 1)))`` over the last axis (keepdim), exactly and without
     gradient: the exponent bits of ``max(max|x|, 1)`` (:func:`hcref.norms.row_scale`), capped at
@@ -124,7 +129,7 @@ def _layernorm_hat_math(x: Tensor) -> Tensor:
     xs = x * s.reciprocal()
     xc = xs - xs.mean(dim=-1, keepdim=True)
     var = (xc * xc).mean(dim=-1, keepdim=True) + LAYERNORM_EPS / s / s
-    return xc * torch.rsqrt(var.clamp_min(torch.finfo(x.dtype).tiny))
+    return xc * torch.rsqrt(var.clamp_min(_smallest_subnormal(x.dtype)))
 
 
 def _recorded_vjp(
@@ -179,7 +184,7 @@ class _RmsProj(torch.autograd.Function):
 
 class _LayerNormHat(torch.autograd.Function):
     """``x_hat = (x' - mu') r'`` on ``x' = x / s``, ``mu' = mean(x')``,
-    ``r' = max(mean((x' - mu')^2) + eps / s / s, tiny)^(-1/2)`` (:func:`hcref.norms.layernorm`
+    ``r' = max(mean((x' - mu')^2) + eps / s / s, sub)^(-1/2)`` (:func:`hcref.norms.layernorm`
     without the affine part). ``F.layer_norm`` takes one scalar eps and cannot rescale it per row.
 
     VJP (``hcref.norms.layernorm_vjp``), with ``r = r' / s``:
@@ -193,7 +198,7 @@ class _LayerNormHat(torch.autograd.Function):
         x_hat = x * s.reciprocal()  # x' (exact), then centred and scaled in place
         x_hat.sub_(x_hat.mean(dim=-1, keepdim=True))
         var = torch.linalg.vector_norm(x_hat, dim=-1, keepdim=True).square_() / w
-        r_scaled = torch.rsqrt((var + LAYERNORM_EPS / s / s).clamp_min_(torch.finfo(x.dtype).tiny))
+        r_scaled = torch.rsqrt((var + LAYERNORM_EPS / s / s).clamp_min_(_smallest_subnormal(x.dtype)))
         x_hat.mul_(r_scaled)
         ctx.save_for_backward(x, x_hat, r_scaled / s)
         return x_hat
