@@ -249,7 +249,7 @@ def _rms_proj_fwd(x: Array, Wn: Array) -> tuple[Array, tuple[Array, ...]]:
     # is used when |x Wn| <= 2 max(s) max_j sum_i |Wn_ij| is safely finite, the first otherwise.
     bound = 2 * jnp.max(s, initial=1.0) * jnp.max(jnp.sum(jnp.abs(Wn), axis=0), initial=0.0)
     u = jax.lax.cond(
-        bound < jnp.finfo(x.dtype).max / 4,
+        bound < float(np.finfo(x.dtype).max) / 4,
         lambda: (r * inv_s) * jnp.matmul(x, Wn, precision=_HIGHEST),
         lambda: r * jnp.matmul(x * inv_s, Wn, precision=_HIGHEST),
     )
