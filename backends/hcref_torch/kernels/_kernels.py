@@ -71,9 +71,10 @@ def _rsqrt_floored(v, IS64: tl.constexpr):
 @triton.jit
 def _tanh(a, IS64: tl.constexpr):
     """tanh without libdevice (which the interpreter lacks): an odd Taylor polynomial below a
-    threshold (no cancellation near 0), ``1 - 2 / (exp(2|a|) + 1)`` above it. Relative error
-    a few ulps in float32 and float64 (thresholds 0.3 and 0.05 keep the polynomial's
-    truncation below the dtype's rounding and the exp form's cancellation to a few ulps)."""
+    threshold (no cancellation near 0), ``(1 - t) / (1 + t)`` with ``t = exp(-2|a|)`` above it
+    (never overflows). Relative error a few ulps in float32 and float64 (thresholds 0.3 and 0.05
+    keep the polynomial's truncation below the dtype's rounding and the exp form's cancellation
+    to a few ulps)."""
     x = tl.abs(a)
     z = a * a
     p = -929569.0 / 638512875.0
@@ -85,7 +86,8 @@ def _tanh(a, IS64: tl.constexpr):
     p = p * z - 1.0 / 3.0
     p = p * z + 1.0
     small = a * p
-    big = 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+    t = tl.exp(-2.0 * x)
+    big = (1.0 - t) / (1.0 + t)
     big = tl.where(a < 0, -big, big)
     if IS64:
         thr = 0.05

@@ -33,6 +33,8 @@ FORCE_BLOCK_W: int | None = None
 """Tests: force this column block (a power of two >= 16) to exercise several blocks and masks."""
 FORCE_BLOCK_T: int | None = None
 """Tests: force this many tokens per block (a power of two) to exercise several programs."""
+FORCE_GROUPS: int | None = None
+"""Tests: force this many token-block groups in the coefficient backward (several partial sums)."""
 FORCE_MODE: int | None = None
 """Tests: force the forward projection mode of the coefficient kernel (2: split dot, see _kernels)."""
 
@@ -249,6 +251,8 @@ def coeffs_backward(
     nblocks = triton.cdiv(T, bt)
     target = 1 if INTERPRET else 4 * _num_sms(dev)
     groups = max(1, min(nblocks, -(-target // nwb)))
+    if FORCE_GROUPS is not None:
+        groups = max(1, min(nblocks, FORCE_GROUPS))
     per_group = max(1, triton.cdiv(nblocks, groups))
     groups = max(1, triton.cdiv(nblocks, per_group))
     QP = torch.zeros(groups, w, CP, dtype=acc, device=dev)
@@ -262,7 +266,7 @@ def coeffs_backward(
             T, w, per_group, nblocks,
             K=K, KP=KP, C=C, CP=CP, SPLIT=split, BLOCK_T=bt, BLOCK_W=bw, NORM=norm, TANH=use_tanh,
             MODE=mode, PREC=prec, HAS_GA=ga is not None, HAS_GB=gb is not None,
-            HAS_GF=gf is not None, HAS_GR=gr is not None, IS64=acc == torch.float64, num_warps=4,
+            HAS_GF=gf is not None, HAS_GR=gr is not None, IS64=acc == torch.float64, num_warps=8,
         )
     else:
         GH.zero_()

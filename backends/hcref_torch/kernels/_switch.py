@@ -25,7 +25,16 @@ C = n+1 or 2m coefficient columns and keep all rows of a token in one block."""
 
 _ENV_ON = os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "off", "no")
 _INTERPRET_ENV = os.environ.get("TRITON_INTERPRET", "0").strip() == "1"
-_TRITON_FOUND = importlib.util.find_spec("triton") is not None
+
+
+def _find_triton() -> bool:
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError, AttributeError):  # e.g. sys.modules["triton"] = None
+        return False
+
+
+_TRITON_FOUND = _find_triton()
 _override: bool | None = None
 _triton_ok: bool | None = None
 
@@ -56,7 +65,7 @@ def enabled() -> bool:
     """Whether the contract ops and modules dispatch CUDA tensors to the kernels: the
     environment switch or :func:`set_enabled`, and Triton importable."""
     on = _ENV_ON if _override is None else _override
-    return on and _TRITON_FOUND
+    return on and (_TRITON_FOUND if _triton_ok is None else _triton_ok)
 
 
 def set_enabled(flag: bool | None) -> None:
@@ -84,16 +93,13 @@ def supported(H: object, *others: object) -> bool:
     for t in (H, *others):
         if not isinstance(t, torch.Tensor) or t.device != device or t.dtype not in DTYPES:
             return False
-    return _TRITON_FOUND
+    return available()
 
 
 def use_for(H: object, *others: object) -> bool:
     """The automatic dispatch of the contract ops and modules: :func:`enabled`, CUDA tensors
     only (never CPU tensors, even under the interpreter) and :func:`supported`."""
-    return (
-        isinstance(H, torch.Tensor) and H.device.type == "cuda" and enabled() and available()
-        and supported(H, *others)
-    )
+    return isinstance(H, torch.Tensor) and H.device.type == "cuda" and enabled() and supported(H, *others)
 
 
 if torch.cuda.is_available() and _TRITON_FOUND:  # import triton now, not inside a traced call
