@@ -1,7 +1,8 @@
 """hcref_torch.kernels through public commands, each in its own process: the conformance suite
 against the kernel backend under the Triton interpreter (bounded: float32, 2 examples per
-test), the CUDA benchmark's ``--quick`` smoke run, and ``import hcref_torch`` where triton is
-missing or broken (the kernels must fall back to the generic path, never fail)."""
+test), the CUDA benchmark's ``--quick`` smoke run, the ahead-of-time CUDA compilation of the
+kernels (no GPU needed), and ``import hcref_torch`` where triton is missing or broken (the
+kernels must fall back to the generic path, never fail)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,20 @@ def test_cuda_benchmark_quick_smoke_run() -> None:
     errors = [float(part.split()[-1]) for line in out.splitlines() if line.startswith("  hc float32")
               for part in line.split(":", 1)[1].split(",")]
     assert errors and max(errors) < 1e-5, out[-2000:]
+
+
+def test_kernels_compile_for_a_gpu_without_one() -> None:
+    """Every kernel of the bfloat16 HC training path goes through Triton's whole CUDA pipeline to
+    an sm_90 cubin (ptxas included) with the GPU's block sizes: the GPU code paths compile here,
+    where none can run (hcref_torch.kernels.compile_check)."""
+    pytest.importorskip("triton")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-m", "hcref_torch.kernels.compile_check", "--quick"],
+                          capture_output=True, text=True, check=False, timeout=900, env=env)
+    if "No such file" in done.stderr and "ptxas" in done.stderr:
+        pytest.skip("this triton install has no ptxas")
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert "11 kernels compiled for sm_90, 0 failed" in done.stdout, done.stdout[-3000:]
 
 
 _NO_TRITON = """

@@ -310,11 +310,9 @@ def coeffs_bwd_kernel(
     rr = tl.arange(0, BLOCK_R)
     ii = rr % KP
     cc = tl.arange(0, CP)
-    c3 = tl.arange(0, CP)[None, None, :]
     jj = pid_w * BLOCK_W + tl.arange(0, BLOCK_W)
     jm = jj < w
     i3 = tl.arange(0, KP)
-    imask = i3 < K
 
     wt = tl.load(WP + jj[None, :] * CP + cc[:, None], mask=jm[None, :], other=0.0)  # (CP, BLOCK_W) = W'^T
     colsum = tl.load(PK + cc)
@@ -372,20 +370,17 @@ def coeffs_bwd_kernel(
         q = tl.where(m2, q, 0.0)
 
         if HAS_GF or HAS_GR:
-            alpha3 = tl.reshape(sv[None, :] * u + st, (BLOCK_T, KP, CP))
-            t3 = (blk * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
-            om = (t3 < T)[:, None] & jm[None, :]
-            mixed = _to_acc(tl.zeros((BLOCK_T, KP, BLOCK_W), tl.float32), IS64)
+            # G_H[(t, i)] += sum_o alpha[(t, i), o] G_mix[t, o]: every row loads its token's G_mix rows
+            # (the K rows of one token read the same addresses, served by L1), no 3-D tile
+            alpha = sv[None, :] * u + st
             for o in tl.static_range(C):
                 if (o < SPLIT and HAS_GF) or (o >= SPLIT and HAS_GR):
-                    col = tl.sum(tl.where(c3 == o, alpha3, 0.0), axis=2)
-                    col = tl.where(imask[None, :], col, 0.0)
+                    col = tl.sum(tl.where(cc[None, :] == o, alpha, 0.0), axis=1)
                     if o < SPLIT:
-                        g_o = tl.load(GF + (t3[:, None] * SPLIT + o) * w + jj[None, :], mask=om, other=0.0)
+                        g_o = tl.load(GF + (tok[:, None] * SPLIT + o) * w + jj[None, :], mask=m2, other=0.0)
                     else:
-                        g_o = tl.load(GR + (t3[:, None] * K + (o - SPLIT)) * w + jj[None, :], mask=om, other=0.0)
-                    mixed += col[:, :, None] * _to_acc(g_o, IS64)[:, None, :]
-            gx += tl.reshape(mixed, (BLOCK_R, BLOCK_W))
+                        g_o = tl.load(GR + (tok[:, None] * K + (o - SPLIT)) * w + jj[None, :], mask=m2, other=0.0)
+                    gx += col[:, None] * _to_acc(g_o, IS64)
         tl.store(GH + row[:, None] * w + jj[None, :], gx.to(GH.dtype.element_ty), mask=m2)
         q_acc = _mm_tn(q, ga, q_acc, MODE, PREC)
 

@@ -38,6 +38,11 @@ FORCE_GROUPS: int | None = None
 FORCE_MODE: int | None = None
 """Tests: force the forward projection mode of the coefficient kernel (2: split dot, see _kernels)."""
 
+BWD_HALF_PRECISION = "tf32"
+"""``input_precision`` of the coefficient backward's two dots for half-precision data on a GPU:
+TF32 (10-bit mantissa, relative error about 5e-4 per product) is well inside the half types'
+own precision and keeps the kernel at one dot each ("tf32x3" triples them and the registers)."""
+
 NONE, RMS, LAYER = 0, 1, 2
 """Norm kinds as the kernels number them."""
 
@@ -54,6 +59,26 @@ def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.get_device_properties(device).multi_processor_count)
     return 4
+
+
+GPU_CONFIG: dict[str, tuple[int, int, int]] = {
+    # kernel: (rows per block = tokens x padded streams, columns per block, warps)
+    "coeffs_fwd": (64, 64, 8),
+    "coeffs_fwd_mix": (16, 64, 4),
+    "coeffs_bwd": (32, 64, 8),
+    "coeffs_fp64": (16, 16, 4),
+    "mix_fwd": (16, 256, 8),
+    "mix_bwd": (16, 128, 8),
+    "write_fwd": (16, 256, 8),
+    "write_bwd": (16, 256, 8),
+}
+"""Block shapes on a GPU (see the module docstring); the interpreter uses larger blocks."""
+
+
+def _config(kernel: str, KP: int, w: int, *, dot: bool) -> tuple[int, int, int]:
+    """(tokens per block, columns per block, warps) of ``kernel`` for K rows padded to KP."""
+    rows, cols, warps = GPU_CONFIG[kernel]
+    return _rows_block(KP, rows, dot=dot), _col_block(w, cols), warps
 
 
 def _rows_block(KP: int, target_rows: int, *, dot: bool) -> int:
@@ -94,7 +119,7 @@ def _bwd_mode(dtype: torch.dtype, acc: torch.dtype) -> tuple[int, str]:
     if acc == torch.float64:
         return 0, "ieee"
     if dtype in (torch.bfloat16, torch.float16) and not INTERPRET:
-        return 1, "tf32x3"
+        return 1, BWD_HALF_PRECISION
     return 1, "ieee"
 
 
@@ -194,14 +219,14 @@ def coeffs_forward(
     rest = torch.empty(T, K, w, dtype=H.dtype, device=dev) if mix == 2 else H.new_empty(0)
     if T > 0:
         if acc == torch.float64:
-            bt, bw = _rows_block(KP, 16, dot=False), _col_block(w, 16)
+            bt, bw, warps = _config("coeffs_fp64", KP, w, dot=False)
         else:
-            bt, bw = _rows_block(KP, 16 if mix else 64, dot=True), _col_block(w, 64)
+            bt, bw, warps = _config("coeffs_fwd_mix" if mix else "coeffs_fwd", KP, w, dot=True)
         _launch(
             "coeffs_fwd", k.coeffs_fwd_kernel, (triton.cdiv(T, bt),),
             H3, pk.Wpad, whi, wlo, pk.PK, pk.ST, alpha, beta, a, stats, first, rest, T, w,
             K=K, KP=KP, C=C, CP=CP, SPLIT=split, BLOCK_T=bt, BLOCK_W=bw, NORM=norm, TANH=use_tanh,
-            MODE=mode, PREC=prec, MIX=mix, IS64=acc == torch.float64, num_warps=4,
+            MODE=mode, PREC=prec, MIX=mix, IS64=acc == torch.float64, num_warps=warps,
         )
     first_out = first.reshape(*lead, split * w) if mix else first
     rest_out = rest.reshape(*lead, K, w) if mix == 2 else rest
@@ -244,9 +269,9 @@ def coeffs_backward(
     dev = H.device
     GH = torch.empty(T, K, w, dtype=H.dtype, device=dev)
     if acc == torch.float64:
-        bt, bw = _rows_block(KP, 16, dot=False), _col_block(w, 16)
+        bt, bw, warps = _config("coeffs_fp64", KP, w, dot=False)
     else:
-        bt, bw = _rows_block(KP, 64, dot=True), _col_block(w, 64)
+        bt, bw, warps = _config("coeffs_bwd", KP, w, dot=True)
     nwb = triton.cdiv(w, bw)
     nblocks = triton.cdiv(T, bt)
     target = 1 if INTERPRET else 4 * _num_sms(dev)
@@ -266,7 +291,7 @@ def coeffs_backward(
             T, w, per_group, nblocks,
             K=K, KP=KP, C=C, CP=CP, SPLIT=split, BLOCK_T=bt, BLOCK_W=bw, NORM=norm, TANH=use_tanh,
             MODE=mode, PREC=prec, HAS_GA=ga is not None, HAS_GB=gb is not None,
-            HAS_GF=gf is not None, HAS_GR=gr is not None, IS64=acc == torch.float64, num_warps=8,
+            HAS_GF=gf is not None, HAS_GR=gr is not None, IS64=acc == torch.float64, num_warps=warps,
         )
     else:
         GH.zero_()
@@ -303,10 +328,6 @@ def coeffs_backward(
 # --- width, depth -------------------------------------------------------------------------
 
 
-def _mix_blocks(KP: int, w: int) -> tuple[int, int]:
-    return _rows_block(KP, 16, dot=False), _col_block(w, 256)
-
-
 def mix_forward(
     H: Tensor, alpha: Tensor, y: Tensor | None, beta: Tensor | None, *,
     split: int, write_first: bool, write_rest: bool, fc: bool, rest_dtype: torch.dtype,
@@ -331,13 +352,13 @@ def mix_forward(
         yy, sy_t, bb, sb_t = H3, 0, H3, 0
     if T > 0:
         KP = _pow2(K)
-        bt, bw = _mix_blocks(KP, w)
+        bt, bw, warps = _config("mix_fwd", KP, w, dot=False)
         _launch(
             "mix_fwd", k.mix_fwd_kernel, (triton.cdiv(T, bt),),
             H3, al, yy, bb, first, rest, T, w, sa_t, al.stride(-2), sb_t, sy_t, w if fc else 0,
             K=K, KP=KP, C=C, SPLIT=split, BLOCK_T=bt, BLOCK_W=bw, WRITE_FIRST=write_first,
             WRITE_REST=write_rest, ADD_Y=add_y, IS64=_acc_dtype(H.dtype, alpha.dtype, rest_dtype) == torch.float64,
-            num_warps=4,
+            num_warps=warps,
         )
     return (first.reshape(*lead, split * w) if write_first else first,
             rest.reshape(*lead, K, w) if write_rest else rest)
@@ -367,14 +388,14 @@ def mix_backward(
     if T > 0 and (gf is not None or gr is not None):
         KP = _pow2(K)
         CP = _pow2(C)
-        bt, bw = _mix_blocks(KP, w)
+        bt, bw, warps = _config("mix_bwd", KP, w, dot=False)
         _launch(
             "mix_bwd", k.mix_bwd_kernel, (triton.cdiv(T, bt),),
             H3, al, gf if gf is not None else H3, gr if gr is not None else H3,
             GH if GH is not None else H3, GAL, T, w, sa_t, sa_i,
             K=K, KP=KP, C=C, CP=CP, SPLIT=split, BLOCK_T=bt, BLOCK_W=bw, HAS_GF=gf is not None,
             HAS_GR=gr is not None, WRITE_GH=write_gh,
-            IS64=_acc_dtype(H.dtype, g_alpha_dtype, al.dtype) == torch.float64, num_warps=8,
+            IS64=_acc_dtype(H.dtype, g_alpha_dtype, al.dtype) == torch.float64, num_warps=warps,
         )
     else:
         GAL.zero_()
@@ -393,12 +414,12 @@ def write_forward(y: Tensor, H_res: Tensor, beta: Tensor, *, fc: bool, out_dtype
         yy, sy_t = _tokens(y, 1)
         bb, sb_t = _tokens(beta, 1)
         KP = _pow2(K)
-        bt, bw = _mix_blocks(KP, w)
+        bt, bw, warps = _config("write_fwd", KP, w, dot=False)
         _launch(
             "write_fwd", k.write_fwd_kernel, (triton.cdiv(T, bt),),
             HR, yy, bb, out, T, w, sb_t, sy_t, w if fc else 0,
             K=K, KP=KP, BLOCK_T=bt, BLOCK_W=bw, FC=fc,
-            IS64=_acc_dtype(out_dtype, beta.dtype) == torch.float64, num_warps=4,
+            IS64=_acc_dtype(out_dtype, beta.dtype) == torch.float64, num_warps=warps,
         )
     return out.reshape(H_res.shape)
 
@@ -414,12 +435,12 @@ def write_backward(G: Tensor, y: Tensor, beta: Tensor, *, fc: bool) -> tuple[Ten
         yy, sy_t = _tokens(y, 1)
         bb, sb_t = _tokens(beta, 1)
         KP = _pow2(K)
-        bt, bw = _mix_blocks(KP, w)
+        bt, bw, warps = _config("write_bwd", KP, w, dot=False)
         _launch(
             "write_bwd", k.write_bwd_kernel, (triton.cdiv(T, bt),),
             G3, yy, bb, GY, GB, T, w, sb_t, sy_t, w if fc else 0,
             K=K, KP=KP, BLOCK_T=bt, BLOCK_W=bw, FC=fc,
-            IS64=_acc_dtype(G.dtype, y.dtype, beta.dtype) == torch.float64, num_warps=4,
+            IS64=_acc_dtype(G.dtype, y.dtype, beta.dtype) == torch.float64, num_warps=warps,
         )
     return GY.reshape(y.shape), GB.reshape(beta.shape)
 
