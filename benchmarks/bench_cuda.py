@@ -3,6 +3,7 @@
     python benchmarks/bench_cuda.py                 # N = 32768 tokens, d = 4096, n = 4, FC m = 4, bfloat16
     python benchmarks/bench_cuda.py --quick         # tiny shapes, 1 repetition; on a machine without CUDA it
                                                     # runs on CPU under the Triton interpreter (a smoke run)
+    python benchmarks/bench_cuda.py --errors-only   # table 4 only (GPU, or CPU under the interpreter)
 
 Three tables, every time the median of ``--reps`` interleaved repetitions (CUDA events):
 
@@ -20,8 +21,10 @@ Three tables, every time the median of ``--reps`` interleaved repetitions (CUDA 
    bytes in all). Goals: HC site fwd+bwd <= 8x the residual (traffic floor about 6.8x), fused at
    least 5x faster than lucidrains fwd+bwd.
 3. The largest relative difference between the fused site and the eager path (outputs and every
-   gradient), in the benchmark's dtype: the check that the GPU-only code paths (the bfloat16
-   tensor-core split dot, TF32x3 backward dots) agree with the generic path.
+   gradient), on a GPU in float32, bfloat16 and float16: the check that the GPU-only code paths
+   (the bfloat16 tensor-core split dot, TF32x3 dots) agree with the generic path.
+4. Errors of every kernel op, forward and VJP, against the float64 NumPy reference on the same
+   rounded inputs, in float64, float32, bfloat16 and float16.
 
 I/O model per token (b = bytes per state element, 4 for the float32 coefficients; the state is
 K rows of width w, K*w = n*d for HC and d for FC; h0 and y have d elements; c = coefficient
@@ -47,8 +50,8 @@ from typing import Any
 
 import torch
 
-_CPU_QUICK = "--quick" in sys.argv and not torch.cuda.is_available()
-if _CPU_QUICK:  # before triton is imported: the interpreter runs the kernels on CPU tensors
+_ON_CPU = not torch.cuda.is_available() and ("--quick" in sys.argv or "--errors-only" in sys.argv)
+if _ON_CPU:  # before triton is imported: the interpreter runs the kernels on CPU tensors
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import hcref_torch.kernels as K  # noqa: E402
@@ -301,6 +304,70 @@ def agreement(family: str, k: int, w: int, tokens: int, dtype: torch.dtype, devi
     return errs
 
 
+# --- 4. errors against the reference -------------------------------------------------------------
+
+
+def reference_errors(device: torch.device, tokens: int, n: int, d: int, m: int,
+                     dtypes: tuple[str, ...]) -> dict[tuple[str, str], tuple[float, float]]:
+    """Every kernel op of the contract through ``hcref_torch.kernels:backend`` (always the kernels)
+    against the NumPy reference in float64 on the same rounded inputs: (forward, VJP) as
+    max |out - ref| / max |ref| (the VJP's cotangents judged as one vector, as the suite does).
+    Dynamic layernorm coefficients with tanh and scales; random alpha/beta for width/depth."""
+    import numpy as np
+
+    from hcref.optable import OPS
+
+    backend = K.backend
+    rng = np.random.default_rng(0)
+    e = d // m
+    shapes = {"hc": (n, d, d), "fc": (m, e, d)}
+    cases = {}
+    for family, (k, w, dd) in shapes.items():
+        c = k + 1 if family == "hc" else 2 * k
+        init = hcref.init_hc(k, dd, 1) if family == "hc" else hcref.init_fc(k, dd)
+        params = {key: np.asarray(v) + 0.3 * rng.normal(size=np.shape(v)) for key, v in init.items()}
+        H = rng.normal(size=(tokens, k, w))
+        cases[f"{family}_coeffs"] = (H, params)
+        cases[f"{family}_width"] = (H, rng.normal(size=(tokens, k, c)))
+        cases[f"{family}_depth"] = (rng.normal(size=(tokens, dd)), H, rng.normal(size=(tokens, k)))
+    out: dict[tuple[str, str], tuple[float, float]] = {}
+    for dtype in dtypes:
+        for name, inputs in cases.items():
+            spec = OPS[name]
+            native = [{k: backend.asarray(v, dtype, device.type) for k, v in x.items()} if isinstance(x, dict)
+                      else backend.asarray(x, dtype, device.type) for x in inputs]
+            ref_in = [{k: backend.to_numpy(v).astype(np.float64) for k, v in x.items()} if isinstance(x, dict)
+                      else backend.to_numpy(x).astype(np.float64) for x in native]
+            ref = getattr(hcref, name)(*ref_in)
+            ref = ref if isinstance(ref, tuple) else (ref,)
+            got = getattr(backend, name)(*native)
+            got = got if isinstance(got, tuple) else (got,)
+            fwd = max(float(np.abs(backend.to_numpy(g) - r).max() / np.abs(r).max()) for g, r in zip(got, ref))
+            cots = [rng.normal(size=r.shape) for r in ref]
+            expected = getattr(hcref, spec.vjp_name)(*ref_in, *cots)
+            idx = [spec.inputs.index(a) for a in spec.differentiable]
+
+            def fn(*primals: Any, name: str = name, native: list[Any] = native, idx: list[int] = idx) -> Any:
+                args = list(native)
+                for i, p in zip(idx, primals):
+                    args[i] = p
+                return getattr(backend, name)(*args)
+
+            grads = backend.vjp(fn, [native[i] for i in idx], [backend.asarray(c, dtype, device.type) for c in cots])
+            flat_g, flat_r = [], []
+            for g, r in zip(grads, expected):
+                if isinstance(r, dict):
+                    flat_g += [backend.to_numpy(g[key]).astype(np.float64).ravel() for key in sorted(r)]
+                    flat_r += [np.asarray(r[key], dtype=np.float64).ravel() for key in sorted(r)]
+                else:
+                    flat_g.append(backend.to_numpy(g).astype(np.float64).ravel())
+                    flat_r.append(np.asarray(r, dtype=np.float64).ravel())
+            allr = np.concatenate(flat_r)
+            vjp = float(np.abs(np.concatenate(flat_g) - allr).max() / np.abs(allr).max())
+            out[(name, dtype)] = (fwd, vjp)
+    return out
+
+
 # --- main ---------------------------------------------------------------------------------
 
 
@@ -323,8 +390,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the eager path "
                         "('none' to skip)")
+    parser.add_argument("--errors-only", action="store_true", help="only the table of errors against the "
+                        "reference (64 tokens, d = 256; runs on CPU under the interpreter too)")
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
+    if args.errors_only:
+        return {"errors": print_errors(torch.device("cuda" if cuda else "cpu"), 64, args.n, 256, args.m)}
     if args.quick:
         args.tokens, args.d, args.reps, args.warmup = 8, 64, 1, 0
         if not cuda:
@@ -383,7 +454,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             errs = agreement(family, k, w, check_tokens, DTYPES[check_dtype], device)
             agree[f"{family} {check_dtype}"] = errs
             print(f"  {family} {check_dtype:8}: " + ", ".join(f"{key} {v:.1e}" for key, v in errs.items()))
-    return {"copy_bw": copy_bw, "kernels": kernel_rows, "sites": site_rows, "agreement": agree}
+    errors = print_errors(device, 8 if args.quick else 64, args.n, 64 if args.quick else 256, args.m)
+    return {"copy_bw": copy_bw, "kernels": kernel_rows, "sites": site_rows, "agreement": agree, "errors": errors}
+
+
+def print_errors(device: torch.device, tokens: int, n: int, d: int, m: int
+                 ) -> dict[tuple[str, str], tuple[float, float]]:
+    dtypes = ("float64", "float32", "bfloat16", "float16")
+    errs = reference_errors(device, tokens, n, d, m, dtypes)
+    print(f"\nerrors against the float64 reference (N = {tokens}, n = {n}, d = {d}, m = {m}; forward / VJP, "
+          "max |out - ref| / max |ref|):")
+    print(f"{'op':10} " + " ".join(f"{dt:>19}" for dt in dtypes))
+    for name in dict.fromkeys(op for op, _ in errs):
+        print(f"{name:10} " + " ".join(f"{errs[(name, dt)][0]:9.1e} {errs[(name, dt)][1]:9.1e}" for dt in dtypes))
+    return errs
 
 
 if __name__ == "__main__":
