@@ -60,12 +60,15 @@ def _recip(v, IS64: tl.constexpr):
 
 @triton.jit
 def _rsqrt_floored(v, IS64: tl.constexpr):
-    """``max(v, tiny)^(-1/2)`` with tiny the smallest normal number (hcref.norms._rsqrt)."""
+    """``max(v, tiny)^(-1/2)`` with tiny the smallest positive subnormal number of the compute
+    dtype (hcref.norms._rsqrt), built from its bit pattern (1); correctly rounded sqrt and
+    division, which keep subnormals."""
     if IS64:
-        tiny = tl.full([], 0x0010000000000000, tl.int64).to(tl.float64, bitcast=True)
+        tiny = tl.full([], 1, tl.int64).to(tl.float64, bitcast=True)
         return 1.0 / tl.sqrt(tl.maximum(v, tiny))
     else:
-        return tl.math.div_rn(1.0, tl.math.sqrt_rn(tl.maximum(v, 1.1754943508222875e-38)))
+        tiny = tl.full([], 1, tl.int32).to(tl.float32, bitcast=True)
+        return tl.math.div_rn(1.0, tl.math.sqrt_rn(tl.maximum(v, tiny)))
 
 
 @triton.jit
