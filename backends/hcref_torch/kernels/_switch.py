@@ -34,7 +34,10 @@ def _find_triton() -> bool:
         return False
 
 
-_TRITON_FOUND = _find_triton()
+TORCH_OK = all(hasattr(torch.library, name) for name in ("custom_op", "register_fake", "register_autograd"))
+"""torch >= 2.4: the kernels are registered as torch.library custom ops; older torch runs the
+generic path only."""
+_TRITON_FOUND = _find_triton() and TORCH_OK
 _override: bool | None = None
 _triton_ok: bool | None = None
 

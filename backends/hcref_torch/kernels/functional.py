@@ -30,8 +30,10 @@ import torch
 from hcref import validation as v
 from hcref.validation import ArrayMeta
 
-from . import _ops
-from ._switch import supported
+from ._switch import TORCH_OK, supported
+
+if TORCH_OK:  # registers the custom ops (torch >= 2.4); imports no triton
+    from . import _ops
 
 Tensor = torch.Tensor
 
