@@ -32,10 +32,11 @@ columns): coefficients read H (K w b) and write alpha, beta, the saved pre-activ
 statistics (about 4 (2c + K + 5) K bytes); with h0 (site) + d b, with H_res + K w b (the second
 read of H is assumed to hit L2); coefficient backward reads H and writes G_H (2 K w b); the
 site's first backward pass reads H, G_h0, G_H_res ((2 K w + d) b), the second also writes G_H
-((3 K w + d) b); width reads H, writes h0 and H_res ((2 K w + d) b); depth reads H_res and y,
-writes H_out ((2 K w + d) b), the fused depth the same from H; width backward reads H, G_h0,
-G_H_res and writes G_H ((3 K w + d) b); depth backward reads G and y and writes G_y
-((K w + 2 d) b). Parameters and weights are read once per program (L2) and not counted.
+((3 K w + d) b; it is timed together with the first, which it launches); width reads H, writes
+h0 and H_res ((2 K w + d) b); depth reads H_res and y, writes H_out ((2 K w + d) b), the fused
+depth the same from H; width backward reads H, G_h0, G_H_res and writes G_H ((3 K w + d) b);
+depth backward reads G and y and writes G_y ((K w + 2 d) b). Parameters and weights are read
+once per program (L2) and not counted.
 """
 
 from __future__ import annotations
@@ -146,8 +147,8 @@ def kernel_table(family: str, k: int, w: int, tokens: int, dtype: torch.dtype, d
         "site bwd pass 1 (g_alpha)": ("apply", 2 * state + small + 4 * k * c,
                                       lambda: L.mix_backward(H, None, Gh0, G, split=split, write_gh=False,
                                                              g_alpha_dtype=torch.float32)),
-        "site bwd pass 2 (G_H)": ("coefficients", 3 * state + small + coef_small,
-                                  lambda: L.coeffs_backward(H, a, stats, ga, gb, Gh0, G, *cargs, **copt)),
+        "site bwd (passes 1 + 2)": ("coefficients", 5 * state + 2 * small + coef_small,
+                                    lambda: L.coeffs_backward(H, a, stats, ga, gb, Gh0, G, *cargs, **copt)),
         "width fwd": ("apply", 2 * state + small,
                       lambda: L.mix_forward(H, alpha, None, None, split=split, write_first=True, write_rest=True,
                                             fc=family == "fc", rest_dtype=dtype)),

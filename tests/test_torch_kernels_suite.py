@@ -49,7 +49,7 @@ def test_cuda_benchmark_quick_smoke_run() -> None:
                           capture_output=True, text=True, check=False, timeout=900, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     out = done.stdout
-    for expected in ("device copy", "site bwd pass 2 (G_H)", "fused depth fwd (from H)", "plain residual",
+    for expected in ("device copy", "site bwd (passes 1 + 2)", "fused depth fwd (from H)", "plain residual",
                      "lucidrains", "goal: HC site fwd+bwd", "fused site vs eager generic path"):
         assert expected in out, expected
     errors = [float(part.split()[-1]) for line in out.splitlines() if line.startswith("  hc float32")
