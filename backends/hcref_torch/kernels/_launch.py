@@ -129,7 +129,12 @@ def _cp(c1: int, mode: int) -> int:
 
 def _launch(name: str, kernel: Any, grid: tuple[int, ...], *args: Any, **meta: Any) -> None:
     LAUNCHES[name] += 1
-    kernel[grid](*args, **meta)
+    device = args[0].device
+    if device.type == "cuda":  # Triton launches on the current device: make it the tensors' one
+        with torch.cuda.device(device):
+            kernel[grid](*args, **meta)
+    else:
+        kernel[grid](*args, **meta)
 
 
 def _tokens(x: Tensor, trailing: int) -> tuple[Tensor, int]:
