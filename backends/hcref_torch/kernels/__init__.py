@@ -27,7 +27,8 @@ Triton is imported lazily (on the first kernel call; at import when CUDA is pres
 conformance backend that always runs the kernels.
 """
 
-from ._backend import KernelBackend
+from typing import Any
+
 from ._switch import DTYPES, ENV_VAR, MAX_ROWS, available, enabled, interpreting, set_enabled, supported, use_for
 from .functional import (
     FusedState,
@@ -44,8 +45,18 @@ from .functional import (
     site_depth,
 )
 
-backend = KernelBackend()
-"""The conformance backend: ``python -m hcref_conformance --backend hcref_torch.kernels:backend``."""
+
+def __getattr__(name: str) -> Any:
+    """``backend`` (the conformance backend: ``python -m hcref_conformance --backend
+    hcref_torch.kernels:backend``) and ``KernelBackend``, built on first access so that
+    ``hcref_torch.ops`` can import this package while ``hcref_torch`` is still importing."""
+    if name in ("backend", "KernelBackend"):
+        from ._backend import KernelBackend
+
+        globals()["KernelBackend"] = KernelBackend
+        globals()["backend"] = KernelBackend()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "DTYPES",
