@@ -67,7 +67,7 @@ class PlannedModule(nn.Module):  # type: ignore[misc]  # mlx.nn is Any to mypy (
         return self.plan.extra_repr()
 
 
-class _Site(PlannedModule):
+class PlannedSite(PlannedModule):
     """A residual site: ``width`` / ``depth`` (:func:`hcref.connections.width` / ``depth``) and one call."""
 
     def width(self, H: mx.array) -> tuple[mx.array, SiteState | MHCState]:
@@ -83,7 +83,7 @@ class _Site(PlannedModule):
         return self.depth(branch(h0, *args, **kwargs), state)
 
 
-class ManifoldHyperConnections(_Site):
+class ManifoldHyperConnections(PlannedSite):
     """One mHC residual site (mHC paper Eq. 3; :func:`hcref.mhc_coeffs`, :func:`hcref.mhc_pre`,
     :func:`hcref.mhc_post`).
 
@@ -133,4 +133,4 @@ class MHCHead(PlannedModule):
         return out
 
 
-__all__ = ["MHCHead", "ManifoldHyperConnections", "PlannedModule"]
+__all__ = ["MHCHead", "ManifoldHyperConnections", "PlannedModule", "PlannedSite"]
