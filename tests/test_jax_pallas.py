@@ -38,6 +38,9 @@ TOL = {"float32": 2e-5, "bfloat16": 1.2e-2}
 (2^-9 relative); the gradients of a sum over w tokens or widths add a few roundings more."""
 
 
+F32 = jnp.float32
+
+
 def _dt(name: str) -> Any:
     return jnp.dtype(name)
 
@@ -228,7 +231,8 @@ def test_fused_site_matches_the_reference(fam: str, k: int, w: int, norm: str, d
     jaxpr = str(traced.jaxpr)
     assert jaxpr.count("pallas_call") == 4 and "hcref_depth_fwd_fused" in jaxpr
     assert ("hcref_coeffs_fwd_site" if dynamic else "hcref_width_fwd") in jaxpr
-    ref, ref_gH, ref_gp, ref_gW = _reference_site(fam, _f64(H), {key: _f64(v) for key, v in p.items()}, _f64(W), G, options)
+    p64 = {key: _f64(v) for key, v in p.items()}
+    ref, ref_gH, ref_gp, ref_gW = _reference_site(fam, _f64(H), p64, _f64(W), G, options)
     tol = TOL[dtype] * (4 if dtype == "bfloat16" else 1)  # y is rounded to bfloat16 before the write
     assert out.dtype == dt and g_H.dtype == dt
     _close(out, ref, tol, "H_out")
@@ -358,7 +362,8 @@ def test_scale_safe_norm_statistics() -> None:
         H64 = rng.normal(size=(4, n, d))
         H64[:2] *= 1e19
         H64[2:] = 1.0 + 1e-3 * H64[2:]
-        p = {key: jnp.asarray(v, jnp.float32) for key, v in make_params("hc", n, d, rng, dynamic=True, norm=norm).items()}
+        p_raw = make_params("hc", n, d, rng, dynamic=True, norm=norm)
+        p = {key: jnp.asarray(v, jnp.float32) for key, v in p_raw.items()}
         p64 = {key: _f64(v) for key, v in p.items()}
         H = jnp.asarray(H64, jnp.float32)
         H64 = _f64(H)
@@ -406,7 +411,8 @@ def test_modes_and_environment_switch(monkeypatch: pytest.MonkeyPatch) -> None:
         assert _uses_kernels(hp.hc_width, H, alpha)
     assert hp.get_mode() == "xla"
     monkeypatch.setenv(hp.ENV, "fast")
-    with pytest.raises(ValueError, match=r"^environment variable HCREF_JAX_PALLAS: expected one of \['auto', 'pallas', 'xla'\], got 'fast'$"):
+    expected = r"^environment variable HCREF_JAX_PALLAS: expected one of \['auto', 'pallas', 'xla'\], got 'fast'$"
+    with pytest.raises(ValueError, match=expected):
         hp.get_mode()
     monkeypatch.delenv(hp.ENV)
     with pytest.raises(ValueError, match=r"^mode: expected one of"):
@@ -417,7 +423,8 @@ def test_modes_and_environment_switch(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_supported_and_fallbacks() -> None:
     """Inputs the kernels do not take run on the XLA path with the same results."""
     f32 = jax.ShapeDtypeStruct
-    p = {key: jnp.asarray(v, jnp.float32) for key, v in make_params("hc", 3, 8, np.random.default_rng(0), dynamic=True, norm="layernorm").items()}
+    p_raw = make_params("hc", 3, 8, np.random.default_rng(0), dynamic=True, norm="layernorm")
+    p = {key: jnp.asarray(v, jnp.float32) for key, v in p_raw.items()}
     static = {key: p[key] for key in ("A_m", "A_r", "B")}
     assert hp.supported("hc_width", f32((4, 3, 8), jnp.float32), f32((4, 3, 4), jnp.bfloat16))
     assert hp.supported("hc_coeffs", f32((4, 3, 8), jnp.bfloat16), p)
@@ -425,9 +432,9 @@ def test_supported_and_fallbacks() -> None:
     assert hp.supported("hc_site_width", f32((4, 3, 8), jnp.float32), static)
     assert not hp.supported("hc_width", f32((4, 3, 8), jnp.float16), f32((4, 3, 4), jnp.float16))
     assert not hp.supported("hc_width", f32((0, 3, 8), jnp.float32), f32((0, 3, 4), jnp.float32))
-    assert not hp.supported("fc_depth", f32((2, 17 * 4), jnp.float32), f32((2, 17, 4), jnp.float32), f32((2, 17), jnp.float32))
-    assert not hp.supported("hc_coeffs", f32((4, 3, 2**20), jnp.float32),
-                            {**p, **{key: jnp.zeros((2**20,) + p[key].shape[1:]) for key in ("W_alpha", "W_beta", "norm_weight", "norm_bias")}})
+    assert not hp.supported("fc_depth", f32((2, 68), jnp.float32), f32((2, 17, 4), jnp.float32), f32((2, 17), F32))
+    wide = {key: f32((2**20,) + p[key].shape[1:], F32) for key in ("W_alpha", "W_beta", "norm_weight", "norm_bias")}
+    assert not hp.supported("hc_coeffs", f32((4, 3, 2**20), jnp.float32), {**p, **wide})
     with pytest.raises(ValueError, match=r"^op: expected one of"):
         hp.supported("mhc_pre", f32((4, 3, 8), jnp.float32))
     rng = np.random.default_rng(1)
@@ -442,6 +449,7 @@ def test_supported_and_fallbacks() -> None:
     np.testing.assert_array_equal(np.asarray(Forced.hc_width(H16, a16)[1]), np.asarray(hcref_jax.hc_width(H16, a16)[1]))
     alpha_s, beta_s = Forced.hc_coeffs(jnp.ones((2, 3, 8)), static)
     np.testing.assert_array_equal(np.asarray(alpha_s[1, :, 0]), np.asarray(static["A_m"]))
+    np.testing.assert_array_equal(np.asarray(beta_s[1]), np.asarray(static["B"]))
 
 
 KERNEL_OPS = ("hc_coeffs", "hc_width", "hc_depth", "fc_coeffs", "fc_width", "fc_depth")
@@ -466,7 +474,8 @@ def test_bad_inputs_raise_the_reference_errors(name: str, inputs: tuple[Any, ...
 
 def test_site_depth_checks_its_state() -> None:
     H = jnp.ones((2, 3, 4))
-    with pytest.raises(TypeError, match=r"^state: expected the SiteState \(H, alpha, beta\) of hc_site_width, got dict$"):
+    expected = r"^state: expected the SiteState \(H, alpha, beta\) of hc_site_width, got dict$"
+    with pytest.raises(TypeError, match=expected):
         hp.hc_site_depth(jnp.ones((2, 4)), {"H": H})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^y: expected shape"):
         hp.hc_site_depth(jnp.ones((2, 5)), hp.SiteState(H, jnp.ones((2, 3, 4)), jnp.ones((2, 3))))
@@ -483,10 +492,11 @@ def test_every_kernel_lowers_for_a_tpu() -> None:
         for fam, k, w, N in (("hc", 4, 4096, 2048), ("fc", 4, 1024, 2048), ("hc", 3, 40, 37)):
             d = w if fam == "hc" else k * w
             c = k + 1 if fam == "hc" else 2 * k
-            p = {key: S(v.shape, jnp.float32) for key, v in make_params(fam, k, d, rng, dynamic=True, norm="layernorm").items()}
+            p_raw = make_params(fam, k, d, rng, dynamic=True, norm="layernorm")
+            p = {key: S(v.shape, jnp.float32) for key, v in p_raw.items()}
             H, y = S((N, k, w), dt), S((N, d), dt)
 
-            def everything(H: Any, p: Any, y: Any) -> Any:
+            def everything(H: Any, p: Any, y: Any, fam: str = fam) -> Any:
                 def site(H: Any, p: Any, y: Any) -> Any:
                     alpha, beta = getattr(Forced, f"{fam}_coeffs")(H, p)
                     h0, H_res = getattr(Forced, f"{fam}_width")(H, alpha)

@@ -52,4 +52,4 @@ def fold_tokens(
         return outs, tuple(True for _ in outs)
 
     wrapped.def_vmap(rule)
-    return wrapped  # type: ignore[no-any-return]
+    return wrapped

@@ -9,7 +9,8 @@ block), ``(tn, k*c)`` coefficients. Stream ``i`` of the block is the strided sub
 ``k x c`` mixing is ``c * k`` lane-dense multiply-adds with the coefficient broadcast along lanes.
 
 Block sizes. ``tn`` is a multiple of 8 (a float32 vreg's sublanes), of 16 when a bfloat16 operand is blocked
-by tokens (it packs 16 rows per vreg), or the whole token axis when that is smaller (a block dim equal to the array dim is always legal);
+by tokens (it packs 16 rows per vreg), or the whole token axis when that is smaller (a block dim
+equal to the array dim is always legal);
 ``tw`` is the whole width, or, for a width that is a multiple of 128 and wider than
 :data:`MAX_LANES`, the widest multiple of 128 that divides it (the mixing and write kernels tile the
 width; the coefficient kernels need whole rows for the norm statistics). ``tn`` is the largest

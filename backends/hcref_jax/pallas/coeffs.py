@@ -10,10 +10,11 @@ Per row ``x`` (one stream or fraction of one token, width w), scale-safe as ``hc
     ab = scale * u(a) + [static_alpha | static_beta]     u = tanh or identity
 
 so one read of the row gives the statistics and the ``c+1`` projections (the normalised row is never
-written; the projection is one MXU matmul ``xc Wg`` of the block); ``b W`` (layernorm's bias through the projection), the scales ``scale = [s_alpha]*c +
-[s_beta]`` (ones when ``use_scale`` is off) and ``Wg`` are prepared once per call in XLA, and their
-gradients follow from the kernel's by JAX's autodiff of that preparation. The layernorm mean is
-subtracted from the VMEM-resident row before the projection rather than folded as
+written; the projection is one MXU matmul ``xc Wg`` of the block). ``b W`` (layernorm's bias
+through the projection), the scales ``scale = [s_alpha]*c + [s_beta]`` (ones when ``use_scale``
+is off) and ``Wg`` are prepared once per call in XLA, and their gradients follow from the
+kernel's by JAX's autodiff of that preparation. The layernorm mean is subtracted from the
+VMEM-resident row before the projection rather than folded as
 ``r'(x'Wg - mean(x') 1^T Wg)``: the folded form cancels catastrophically when ``|mean| >> std``, and
 centring in VMEM costs no HBM traffic. The matmuls run at float32 precision (:data:`PRECISION`).
 
@@ -51,7 +52,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from . import blocks, mode
 from .batching import fold_tokens
-from .common import F32, call, column, compiler_params, rows, store_rows
+from .common import F32, call, column, compiler_params, rows, shape, store_rows
 
 Array = jax.Array
 PRECISION = jax.lax.Precision.HIGHEST
@@ -83,7 +84,8 @@ class CoeffSpec:
 def _pow2_floor(v: Array) -> Array:
     """The largest power of two not above ``v`` (v >= 1, float32): the exponent bits of v."""
     bits = jax.lax.bitcast_convert_type(v, jnp.int32)
-    return jax.lax.bitcast_convert_type(bits & 0x7F800000, F32)
+    out: Array = jax.lax.bitcast_convert_type(bits & 0x7F800000, F32)
+    return out
 
 
 def _normalize(x: Array, norm: str, eps: float) -> tuple[Array, Array, Array, Array]:
@@ -119,13 +121,16 @@ def _centred(x: Array, stats: Array, norm: str) -> Array:
     """xc of :func:`_normalize` from the saved statistics (no reductions)."""
     if norm == "none":
         return x
-    return x * (1.0 / column(stats, 0)) - column(stats, 2)
+    out: Array = x * (1.0 / column(stats, 0)) - column(stats, 2)
+    return out
 
 
 # --- forward ----------------------------------------------------------------------------------
 
 
-def _fwd_kernel(x_ref: Any, wt_ref: Any, vec_ref: Any, st_ref: Any, *out_refs: Any, spec: CoeffSpec, save: bool) -> None:
+def _fwd_kernel(
+    x_ref: Any, wt_ref: Any, vec_ref: Any, st_ref: Any, *out_refs: Any, spec: CoeffSpec, save: bool
+) -> None:
     ab_ref, *more = out_refs
     first_ref = more.pop(0) if spec.site else None
     x = x_ref[...].astype(F32)
@@ -167,7 +172,7 @@ def _fwd_call(spec: CoeffSpec, save: bool) -> Any:
     return _fwd_build(spec, save, (*blocks.current(), mode.compiled()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fwd_build(spec: CoeffSpec, save: bool, key: tuple[int, int, bool]) -> Any:
     def run(X: Array, Wt: Array, vec: Array, static: Array) -> tuple[Array, ...]:
         R, w = X.shape
@@ -178,13 +183,13 @@ def _fwd_build(spec: CoeffSpec, save: bool, key: tuple[int, int, bool]) -> Any:
         tr = tn * k
         row_block = lambda b: (b, 0)  # noqa: E731
         whole = lambda b: (0, 0)  # noqa: E731
-        out_shape = [jax.ShapeDtypeStruct((R, cols), jnp.dtype(spec.out_dtype))]
+        out_shape = [shape((R, cols), jnp.dtype(spec.out_dtype))]
         out_specs = [pl.BlockSpec((tr, cols), row_block)]
         if spec.site:
-            out_shape.append(jax.ShapeDtypeStruct((tokens * spec.split, w), X.dtype))
+            out_shape.append(shape((tokens * spec.split, w), X.dtype))
             out_specs.append(pl.BlockSpec((tn * spec.split, w), row_block))
         if save:
-            out_shape += [jax.ShapeDtypeStruct((R, cols), F32), jax.ShapeDtypeStruct((R, 3), F32)]
+            out_shape += [shape((R, cols), F32), shape((R, 3), F32)]
             out_specs += [pl.BlockSpec((tr, cols), row_block), pl.BlockSpec((tr, 3), row_block)]
         return tuple(
             call(
@@ -219,7 +224,7 @@ def _bwd_kernel(*refs: Any, spec: CoeffSpec, total_rows: int, inner: int) -> Non
     gx_ref, m_ref, misc_ref = refs[:3]
     if spec.site:
         gab_full_ref, acc_ref = refs[3:5]
-    k, cols = spec.k, spec.c + 1
+    k = spec.k
     tr = x_ref.shape[0]
     tn = tr // k
     p, q = pl.program_id(0), pl.program_id(1)
@@ -301,7 +306,7 @@ def _bwd_call(spec: CoeffSpec) -> Any:
     return _bwd_build(spec, (*blocks.current(), mode.compiled()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bwd_build(spec: CoeffSpec, key: tuple[int, int, bool]) -> Any:
     def run(*args: Array) -> tuple[Array, ...]:
         X = args[0]
@@ -325,9 +330,9 @@ def _bwd_build(spec: CoeffSpec, key: tuple[int, int, bool]) -> Any:
             pl.BlockSpec((tr, cols), row_block),
         ]
         out_shape = [
-            jax.ShapeDtypeStruct((R, w), X.dtype),
-            jax.ShapeDtypeStruct((parts, cols, w), F32),
-            jax.ShapeDtypeStruct((parts, 2, cols), F32),
+            shape((R, w), X.dtype),
+            shape((parts, cols, w), F32),
+            shape((parts, 2, cols), F32),
         ]
         out_specs = [
             pl.BlockSpec((tr, w), row_block),
@@ -341,7 +346,7 @@ def _bwd_build(spec: CoeffSpec, key: tuple[int, int, bool]) -> Any:
                 pl.BlockSpec((tn * spec.split, w), row_block),
                 pl.BlockSpec((tr, w), row_block),
             ]
-            out_shape.append(jax.ShapeDtypeStruct((R, cols), F32))
+            out_shape.append(shape((R, cols), F32))
             out_specs.append(pl.BlockSpec((tr, cols), row_block))
             scratch.append(pltpu.VMEM((tr, w), F32))
         return tuple(
@@ -372,7 +377,7 @@ def coeff_rows(spec: CoeffSpec, X: Array, Wt: Array, vec: Array, static: Array) 
 
     Wt (c+1, w) = Wg^T, vec (2, c+1) = [scale; b W], static (k, c+1), all float32."""
     outs = _fwd_call(spec, False)(X, Wt, vec, static)
-    return (*outs, X) if spec.site else outs  # type: ignore[no-any-return]
+    return (*outs, X) if spec.site else outs
 
 
 def _coeff_fwd(spec: CoeffSpec, X: Array, Wt: Array, vec: Array, static: Array) -> tuple[Any, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
@@ -14,7 +15,12 @@ F32 = jnp.float32
 ALL = slice(None)
 
 
-def compiler_params(*semantics: str) -> Any:
+def shape(shape: tuple[int, ...], dtype: Any) -> Any:
+    """``jax.ShapeDtypeStruct`` (an output of a kernel)."""
+    return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))  # type: ignore[no-untyped-call]
+
+
+def compiler_params(*semantics: Any) -> Any:
     """Mosaic parameters: the grid axes' semantics ("parallel" axes may be split over TensorCores and
     are visited in random order by TPU interpret mode; "arbitrary" axes run in order) and the VMEM limit."""
     return pltpu.CompilerParams(dimension_semantics=semantics, vmem_limit_bytes=blocks.VMEM_LIMIT)

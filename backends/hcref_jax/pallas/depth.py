@@ -34,7 +34,7 @@ from jax.experimental import pallas as pl
 
 from . import blocks, mode
 from .batching import fold_tokens
-from .common import F32, call, column, compiler_params, rows, store_rows
+from .common import F32, call, column, compiler_params, rows, shape, store_rows
 
 Array = jax.Array
 
@@ -83,7 +83,7 @@ def _per_token(spec: WriteSpec, w: int, itemsizes: list[int], backward: bool) ->
     return blocks.per_token_bytes(block, k + 2, tw)
 
 
-def _y_row(y_ref: Any, j: int, tn: int, ry: int) -> Array:
+def _y_row(y_ref: Any, j: int, tn: int, ry: int) -> Any:
     return rows(y_ref, j if ry > 1 else 0, tn, ry)
 
 
@@ -111,7 +111,7 @@ def _fwd_call(spec: WriteSpec) -> Any:
     return _fwd_build(spec, (*blocks.current(), mode.compiled()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fwd_build(spec: WriteSpec, key: tuple[int, int, bool]) -> Any:
     def run(*args: Array) -> tuple[Array]:
         Bt, y, R = args[:3]
@@ -131,7 +131,7 @@ def _fwd_build(spec: WriteSpec, key: tuple[int, int, bool]) -> Any:
         out = call(
             functools.partial(_fwd_kernel, spec=spec),
             name="hcref_depth_fwd" + ("_fused" if spec.fused else ""),
-            out_shape=jax.ShapeDtypeStruct(R.shape, jnp.dtype(spec.out_dtype)),
+            out_shape=shape(R.shape, jnp.dtype(spec.out_dtype)),
             grid=(pl.cdiv(tokens, tn), w // tw),
             in_specs=in_specs,
             out_specs=pl.BlockSpec((tn * k, tw), block),
@@ -187,7 +187,7 @@ def _bwd_call(spec: WriteSpec) -> Any:
     return _bwd_build(spec, (*blocks.current(), mode.compiled()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bwd_build(spec: WriteSpec, key: tuple[int, int, bool]) -> Any:
     def run(*args: Array) -> tuple[Array, ...]:
         Bt, y, G = args[:3]
@@ -203,12 +203,12 @@ def _bwd_build(spec: WriteSpec, key: tuple[int, int, bool]) -> Any:
             pl.BlockSpec((tn * spec.ry, tw), block),
             pl.BlockSpec((tn * k, tw), block),
         ]
-        out_shape = [jax.ShapeDtypeStruct(y.shape, y.dtype), jax.ShapeDtypeStruct((tokens, k), F32)]
+        out_shape = [shape(y.shape, y.dtype), shape((tokens, k), F32)]
         out_specs = [pl.BlockSpec((tn * spec.ry, tw), block), pl.BlockSpec((tn, k), coeff)]
         if spec.fused:
-            X, A = args[3:5]
+            X = args[3]
             in_specs += [pl.BlockSpec((tn * k, tw), block), pl.BlockSpec((tn, k * spec.c), coeff)]
-            out_shape += [jax.ShapeDtypeStruct(X.shape, X.dtype), jax.ShapeDtypeStruct((tokens, k * spec.c), F32)]
+            out_shape += [shape(X.shape, X.dtype), shape((tokens, k * spec.c), F32)]
             out_specs += [pl.BlockSpec((tn * k, tw), block), pl.BlockSpec((tn, k * spec.c), coeff)]
         return tuple(
             call(

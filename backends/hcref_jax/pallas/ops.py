@@ -284,7 +284,9 @@ def _site_width(family: str, H: Any, params: Any, options: dict[str, Any], force
 
 def _site_depth(family: str, y: Any, state: Any, force: bool) -> Array:
     if not isinstance(state, tuple) or len(state) != 3:
-        raise TypeError(f"state: expected the SiteState (H, alpha, beta) of {family}_site_width, got {type(state).__name__}")
+        raise TypeError(
+            f"state: expected the SiteState (H, alpha, beta) of {family}_site_width, got {type(state).__name__}"
+        )
     H, alpha, beta = state
     k, w = v.check_width(family, xla.meta("H", H), xla.meta("alpha", alpha))
     v.check_depth(family, xla.meta("y", y), xla.meta("H_res", H), xla.meta("beta", beta))

@@ -31,7 +31,7 @@ from jax.experimental import pallas as pl
 
 from . import blocks, mode
 from .batching import fold_tokens
-from .common import F32, call, column, compiler_params, rows, store_rows
+from .common import F32, call, column, compiler_params, rows, shape, store_rows
 
 Array = jax.Array
 
@@ -87,17 +87,17 @@ def _fwd_call(spec: MixSpec) -> Any:
     return _fwd_build(spec, (*blocks.current(), mode.compiled()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fwd_build(spec: MixSpec, key: tuple[int, int, bool]) -> Any:
     def run(A: Array, X: Array) -> tuple[Array, ...]:
         tokens, w = A.shape[0], X.shape[1]
         tn, tw = _tiles(spec, tokens, w, X.dtype.itemsize, A.dtype.itemsize, False)
         k, c = spec.k, spec.c
         block = lambda t, j: (t, j)  # noqa: E731
-        out_shape = [jax.ShapeDtypeStruct((tokens * spec.split, w), X.dtype)]
+        out_shape = [shape((tokens * spec.split, w), X.dtype)]
         out_specs = [pl.BlockSpec((tn * spec.split, tw), block)]
         if spec.rest:
-            out_shape.append(jax.ShapeDtypeStruct((tokens * k, w), X.dtype))
+            out_shape.append(shape((tokens * k, w), X.dtype))
             out_specs.append(pl.BlockSpec((tn * k, tw), block))
         return tuple(
             call(
@@ -147,7 +147,7 @@ def _bwd_call(spec: MixSpec) -> Any:
     return _bwd_build(spec, (*blocks.current(), mode.compiled()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bwd_build(spec: MixSpec, key: tuple[int, int, bool]) -> Any:
     def run(*args: Array) -> tuple[Array, Array]:
         A, X = args[:2]
@@ -165,7 +165,7 @@ def _bwd_build(spec: MixSpec, key: tuple[int, int, bool]) -> Any:
         outs = call(
             functools.partial(_bwd_kernel, spec=spec),
             name="hcref_width_bwd",
-            out_shape=(jax.ShapeDtypeStruct(X.shape, X.dtype), jax.ShapeDtypeStruct((tokens, k * c), F32)),
+            out_shape=(shape(X.shape, X.dtype), shape((tokens, k * c), F32)),
             grid=(pl.cdiv(tokens, tn), w // tw),
             in_specs=in_specs,
             out_specs=(pl.BlockSpec((tn * k, tw), block), pl.BlockSpec((tn, k * c), coeff)),
@@ -181,7 +181,7 @@ def mix_rows(spec: MixSpec, A: Array, X: Array) -> tuple[Array, ...]:
     """Rows of ``alpha^T H`` for A = alpha (N, k*c) and X = H rows (N*k, w): (h0 rows (N*split, w),
     H_res rows (N*k, w)) with ``spec.rest``, else (h0 rows, X) (X passed on to the depth kernel)."""
     outs = _fwd_call(spec)(A, X)
-    return outs if spec.rest else (*outs, X)  # type: ignore[no-any-return]
+    return outs if spec.rest else (*outs, X)
 
 
 def _mix_fwd(spec: MixSpec, A: Array, X: Array) -> tuple[Any, Any]:
