@@ -472,6 +472,21 @@ def test_bad_inputs_raise_the_reference_errors(name: str, inputs: tuple[Any, ...
         assert str(got.value) == str(ref.value)
 
 
+def test_site_path_falls_back_to_the_xla_ops() -> None:
+    """Off the kernels (mode "xla"), the fused site functions are the XLA ops composed: equal results."""
+    rng = np.random.default_rng(2)
+    p = {key: jnp.asarray(v, F32) for key, v in make_params("fc", 3, 12, rng, dynamic=True, norm="rmsnorm").items()}
+    H = jnp.asarray(rng.normal(size=(5, 3, 4)), F32)
+    with hp.use_mode("xla"):
+        assert not _uses_kernels(lambda H: hp.fc_site_depth(*hp.fc_site_width(H, p, norm="rmsnorm")), H)
+        h0, state = hp.fc_site_width(H, p, norm="rmsnorm")
+        out = hp.fc_site_depth(jnp.cos(h0), state)
+    alpha, beta = hcref_jax.fc_coeffs(H, p, norm="rmsnorm")
+    ref_h0, H_res = hcref_jax.fc_width(H, alpha)
+    np.testing.assert_array_equal(np.asarray(h0), np.asarray(ref_h0))
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(hcref_jax.fc_depth(jnp.cos(ref_h0), H_res, beta)))
+
+
 def test_site_depth_checks_its_state() -> None:
     H = jnp.ones((2, 3, 4))
     expected = r"^state: expected the SiteState \(H, alpha, beta\) of hc_site_width, got dict$"

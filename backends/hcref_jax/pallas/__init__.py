@@ -4,7 +4,8 @@ Three kernels per family, each a ``jax.custom_vjp`` whose backward is its own ``
 the coefficients with the norm folded after the projection (:mod:`.coeffs`), the width step
 (:mod:`.width`) and the depth step (:mod:`.depth`); a fused site path (``hc_site_width`` /
 ``hc_site_depth``) in which the coefficient kernel also writes h0 and the depth kernel takes the
-stream mixing over, so a site reads H twice and writes only h0 and H_out (perf.md 2.2, 2.3).
+stream mixing over, so a site reads H twice and writes only h0 and H_out: (3n+2)d elements per token
+forward and (6n+3)d backward for HC (the ideal two-kernel fusion; 14d and 27d at n = 4).
 
 Usage: the ops of :mod:`hcref_jax.ops` under the same names (``hcref_jax.pallas.hc_coeffs(H, params,
 norm="rmsnorm")``...), which take the kernels on a TPU for the inputs :func:`supported` accepts and

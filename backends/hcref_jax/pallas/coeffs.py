@@ -21,7 +21,7 @@ centring in VMEM costs no HBM traffic. The matmuls run at float32 precision (:da
 Site path (``spec.site``): the same kernel also writes ``h0 = alpha[:, :, :split]^T H`` from the rows
 still in VMEM, so a site reads H once for its coefficients and its branch input; the backward then
 takes the cotangent of the state passed on to the depth kernel and adds everything to ``g_H`` in
-one pass (``perf.md`` 2.3: width-bwd ``(3n+1)d``).
+one pass (the width backward moves ``(3n+1)d`` per token).
 
 Backward (math.md 5.1, 5.3), per row, from the saved ``a`` and the statistics ``(s, r', mean)``::
 

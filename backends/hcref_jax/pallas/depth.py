@@ -7,7 +7,7 @@ Per token, for output row j (stream or fraction)::
     R_j = H_res_j                     (the contract op: H_res from the width kernel), or
     R_j = sum_i alpha[i, split + j] H_i    (the fused site path: the depth kernel takes the mixing
                                             over, so H_res is never written: a site moves
-                                            (3n+2)d per token for HC and 5d for FC, perf.md 2.2)
+                                            (3n+2)d per token for HC and 5d for FC)
 
 computed in float32 and rounded once to ``promote(y, H_res)`` (D12). One read of y, H_res (or H and
 alpha) and beta, one write of H_out; grid token blocks x lane blocks, both "parallel".
