@@ -51,8 +51,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from . import blocks, mode
-from .batching import fold_tokens
-from .common import F32, call, column, compiler_params, rows, shape, store_rows
+from ._batching import fold_tokens
+from ._common import F32, call, column, compiler_params, rows, shape, store_rows
 
 Array = jax.Array
 PRECISION = jax.lax.Precision.HIGHEST

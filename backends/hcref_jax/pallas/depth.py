@@ -33,8 +33,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from . import blocks, mode
-from .batching import fold_tokens
-from .common import F32, call, column, compiler_params, rows, shape, store_rows
+from ._batching import fold_tokens
+from ._common import F32, call, column, compiler_params, rows, shape, store_rows
 
 Array = jax.Array
 

@@ -6,7 +6,7 @@ shapes at trace time. Each op takes the kernels when the mode asks for them
 (:func:`hcref_jax.pallas.set_mode`) and :func:`supported` holds for its inputs, and the XLA path of
 :mod:`hcref_jax.ops` otherwise. Options (``norm``, ``use_tanh``, ...) are Python values: static
 under ``jax.jit``. Everything works under ``jax.jit``, ``jax.vmap`` (the batch axis is folded into
-the tokens, :mod:`.batching`) and ``jax.grad`` (each kernel is a ``jax.custom_vjp`` whose backward
+the tokens, :mod:`._batching`) and ``jax.grad`` (each kernel is a ``jax.custom_vjp`` whose backward
 is its own kernel; forward-mode ``jax.jvp`` is not available, as for the XLA path's custom VJPs).
 
 Precision (D12): kernels compute in float32 and round once. Coefficients come out in the promoted
@@ -31,9 +31,9 @@ from hcref.norms import LAYERNORM_EPS, RMSNORM_EPS
 
 from .. import ops as xla
 from . import blocks, mode
+from ._common import F32, dtype_name
 from .coeffs import CoeffSpec, coeff_rows
 from .coeffs import fits as coeff_fits
-from .common import F32, dtype_name
 from .depth import WriteSpec, write_fused_rows, write_rows
 from .depth import fits as write_fits
 from .width import MixSpec, mix_rows
