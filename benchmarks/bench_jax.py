@@ -3,6 +3,7 @@ one process, interleaved (each repetition runs every candidate once, in turn), m
 
     python benchmarks/bench_jax.py            # n=4, 4096 tokens, d=1024, float32
     python benchmarks/bench_jax.py --quick    # tiny shapes, 1 repetition (a smoke run)
+    python benchmarks/bench_jax.py --pallas   # the Pallas TPU kernels (see "Pallas" below)
 
 Site: H (tokens, n, d) -> H_out with a branch ``identity`` or ``mlp`` (d -> 4d -> d, GELU), the
 branch's weights passed as arguments. Candidates, each one ``jax.jit``-ed function:
@@ -18,6 +19,18 @@ only the unused loss value needs: for the residual, whose loss is linear in ``br
 the MLP's second matmul, which hcref still computes (``g_beta = sum_c G y`` needs y), so the
 residual baseline is one (tokens, 4d) x (4d, d) matmul cheaper than any real use of the branch.
 Every call ends with ``block_until_ready``.
+
+Pallas (``--pallas``, :mod:`hcref_jax.pallas`). On a TPU: every kernel of HC and FC (coefficients,
+width, depth, the fused site's width and depth), forward and forward+backward, timed on its own
+(jitted, interleaved, medians) at ``--tokens`` (default 32768), ``--d`` (default 4096), n = m = 4,
+``--dtype`` (default bfloat16 state, float32 parameters and coefficients); its achieved bytes/s
+from an explicit I/O model (:func:`io_bytes`: every array a kernel reads or writes, once) over the
+bytes/s of a same-run device copy (``x + 1`` on a state-sized array: read once, written once); and
+one whole site (fused kernels, identity branch) over a plain residual ``x + y``, forward and
+forward+backward, with the XLA path's site beside it. Off a TPU the kernels only run in TPU
+interpret mode, whose speed says nothing about a TPU: ``--pallas`` then runs the smoke check (tiny
+shapes, every kernel forward and backward in one jitted program, compared with the XLA path) and
+reports no timing.
 """
 
 from __future__ import annotations
@@ -142,19 +155,209 @@ def report(medians: dict[tuple[str, str, str], float]) -> None:
     print("\n'vs residual': time / jitted plain residual time (same branch, same mode).")
 
 
-def main(argv: list[str] | None = None) -> dict[tuple[str, str, str], float]:
+# --- Pallas kernels -------------------------------------------------------------------------
+
+
+def io_bytes(kernel: str, family: str, tokens: int, k: int, w: int, state: int, coeff: int = 4) -> int:
+    """Bytes a kernel moves (each array it reads or writes counted once; the partial sums of the
+    parameter gradients, under 0.1%, left out). ``state``/``coeff``: itemsizes of H and y / of the
+    coefficients. Per token: H is k rows of w, y and h0 are d = (1 if HC else k) rows of w, alpha
+    k*c, beta k; the backward saves a = the c+1 pre-activations and 3 row statistics per row."""
+    c, split, ry = (k + 1, 1, 1) if family == "hc" else (2 * k, k, k)
+    H, h0, y = k * w * state, split * w * state, ry * w * state
+    alpha, beta, ab = k * c * coeff, k * coeff, k * (c + 1) * coeff
+    saved = k * (c + 1) * 4 + k * 3 * 4
+    per_token = {
+        "coeffs fwd": H + ab,
+        "coeffs fwd+bwd": (H + ab + saved) + (H + saved + k * (c + 1) * 4 + H),
+        "width fwd": H + alpha + h0 + H,
+        "width fwd+bwd": (H + alpha + h0 + H) + (H + alpha + h0 + H + H + alpha),
+        "depth fwd": y + H + beta + H,
+        "depth fwd+bwd": (y + H + beta + H) + (beta + y + H + y + beta),
+        "site width fwd": H + h0 + ab,
+        "site width fwd+bwd": (H + h0 + ab + saved) + (H + H + h0 + ab + saved + k * (c + 1) * 4 + H),
+        "site depth fwd": y + H + alpha + beta + H,
+        "site depth fwd+bwd": (y + H + alpha + beta + H) + (beta + y + H + H + alpha + y + beta + H + alpha),
+    }[kernel]
+    return tokens * per_token
+
+
+def _pallas_cases(family: str, tokens: int, k: int, w: int, dtype: Any, seed: int) -> dict[str, Any]:
+    """name -> (jitted function, args) for every kernel of ``family``, fwd and fwd+bwd."""
+    from hcref_jax.pallas import Forced
+
+    rng = np.random.default_rng(seed)
+    d = w if family == "hc" else k * w
+    init = hcref_jax.HyperConnections(k, d, 1) if family == "hc" else hcref_jax.FracConnections(k, d)
+    params = {key: jnp.asarray(rng.normal(size=v.shape) * 0.1, jnp.float32) for key, v in init.params().items()}
+    H = jnp.asarray(rng.normal(size=(tokens, k, w)), dtype)
+    y = jnp.asarray(rng.normal(size=(tokens, d)), dtype)
+    alpha, beta = getattr(Forced, f"{family}_coeffs")(H, params)
+    steps = ("coeffs", "width", "depth", "site_width", "site_depth")
+    op = {step: getattr(Forced, f"{family}_{step}") for step in steps}
+    _, state = op["site_width"](H, params)
+    fwd = {
+        "coeffs": (lambda H, p: op["coeffs"](H, p), (H, params)),
+        "width": (op["width"], (H, alpha)),
+        "depth": (op["depth"], (y, H, beta)),
+        "site width": (lambda H, p: op["site_width"](H, p), (H, params)),
+        "site depth": (op["site_depth"], (y, state)),
+    }
+
+    def with_backward(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
+            out, pull = jax.vjp(fn, *args)
+            return out, pull(jax.tree.map(jnp.ones_like, out))
+
+        return run
+
+    cases = {}
+    for name, (fn, args) in fwd.items():
+        cases[f"{name} fwd"] = (jax.jit(fn), args)
+        cases[f"{name} fwd+bwd"] = (jax.jit(with_backward(fn)), args)
+    return cases
+
+
+def _smoke_family(family: str, k: int, w: int, seed: int) -> float:
+    """Two sites of ``family`` (the contract ops, then the fused site path), value and gradients by
+    the kernels in interpret mode and by the XLA path: the largest relative difference."""
+    from hcref_jax import pallas
+
+    rng = np.random.default_rng(seed)
+    d = w if family == "hc" else k * w
+    init = hcref_jax.HyperConnections(k, d, 1) if family == "hc" else hcref_jax.FracConnections(k, d)
+    params = {key: jnp.asarray(rng.normal(size=v.shape) * 0.3, jnp.float32) for key, v in init.params().items()}
+    H = jnp.asarray(rng.normal(size=(16, k, w)), jnp.float32)
+
+    def op(ops: Any, step: str) -> Any:
+        return getattr(ops, f"{family}_{step}")
+
+    def two_sites(H: jax.Array, p: Any, ops: Any) -> jax.Array:
+        alpha, beta = op(ops, "coeffs")(H, p)
+        h0, H_res = op(ops, "width")(H, alpha)
+        H = op(ops, "depth")(jnp.tanh(h0), H_res, beta)
+        if ops is pallas:
+            h0, state = op(ops, "site_width")(H, p)
+            return op(ops, "site_depth")(jnp.tanh(h0), state)  # type: ignore[no-any-return]
+        alpha, beta = op(ops, "coeffs")(H, p)
+        h0, H_res = op(ops, "width")(H, alpha)
+        return op(ops, "depth")(jnp.tanh(h0), H_res, beta)  # type: ignore[no-any-return]
+
+    def value_and_grad(ops: Any) -> Any:
+        def loss(H: jax.Array, p: Any) -> jax.Array:
+            return jnp.sum(jnp.sin(two_sites(H, p, ops)))
+
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(H, params)
+
+    with pallas.use_mode("pallas"):
+        got = jax.tree.leaves(value_and_grad(pallas))
+    want = jax.tree.leaves(value_and_grad(hcref_jax))
+    return max(float(jnp.abs(g - x).max() / jnp.maximum(jnp.abs(x).max(), 1.0)) for g, x in zip(got, want))
+
+
+def _pallas_smoke(seed: int) -> float:
+    """Interpret mode (no TPU): every kernel of HC and FC, forward and backward, on tiny shapes,
+    against the XLA path. Returns the largest relative difference."""
+    worst = max(_smoke_family("hc", 4, 32, seed), _smoke_family("fc", 4, 8, seed))
+    print(f"interpret mode (no TPU): every HC and FC kernel, forward and backward, on 16 tokens; "
+          f"max |pallas - xla| / max(1, |xla|) = {worst:.2e}. No timing: interpret mode is not a TPU.")
+    return worst
+
+
+def run_pallas(tokens: int, d: int, dtype: Any, reps: int, warmup: int, seed: int) -> dict[tuple[str, str], float]:
+    """On a TPU: {(family, kernel): median seconds}, printed with bytes/s against a same-run copy,
+    and the site against a plain residual. Elsewhere: the interpret-mode smoke check, whose largest
+    relative difference to the XLA path is returned under ("interpret smoke", "max |pallas - xla|")."""
+    from hcref_jax import pallas
+
+    if not pallas.on_tpu():
+        return {("interpret smoke", "max |pallas - xla|"): _pallas_smoke(seed)}
+    k = 4
+    size = jnp.dtype(dtype).itemsize
+    copy_src = jnp.ones((tokens, k, d), dtype)
+    copy = jax.jit(lambda x: x + jnp.asarray(1, x.dtype))
+    jobs: dict[tuple[str, str], Callable[[], Any]] = {("copy", "state"): lambda: jax.block_until_ready(copy(copy_src))}
+    for family, w in (("hc", d), ("fc", d // k)):
+        for name, (fn, args) in _pallas_cases(family, tokens, k, w, dtype, seed).items():
+            jobs[(family, name)] = lambda fn=fn, args=args: jax.block_until_ready(fn(*args))
+    # the whole site (fused kernels, identity branch) against x + y, and the XLA path's site
+    rng = np.random.default_rng(seed)
+    hc = hcref_jax.HyperConnections(k, d, 1)
+    params = {key: jnp.asarray(rng.normal(size=v.shape) * 0.1, jnp.float32) for key, v in hc.params().items()}
+    H = jnp.asarray(rng.normal(size=(tokens, k, d)), dtype)
+    x, y = (jnp.asarray(rng.normal(size=(tokens, d)), dtype) for _ in range(2))
+
+    def fused(H: jax.Array, p: Any) -> jax.Array:
+        h0, state = pallas.Forced.hc_site_width(H, p)
+        return pallas.Forced.hc_site_depth(h0, state)
+
+    def unfused_xla(H: jax.Array, p: Any) -> jax.Array:
+        alpha, beta = hcref_jax.hc_coeffs(H, p)
+        h0, H_res = hcref_jax.hc_width(H, alpha)
+        return hcref_jax.hc_depth(h0, H_res, beta)
+
+    def residual(x: jax.Array, y: jax.Array) -> jax.Array:
+        return x + y
+
+    sites = {
+        "residual": (residual, (x, y)),
+        "site pallas": (fused, (H, params)),
+        "site xla": (unfused_xla, (H, params)),
+    }
+    for name, (fn, args) in sites.items():
+        f = jax.jit(fn)
+        g = jax.jit(jax.grad(lambda a, b, fn=fn: jnp.sum(fn(a, b).astype(jnp.float32)), argnums=(0, 1)))
+        jobs[("site fwd", name)] = lambda f=f, args=args: jax.block_until_ready(f(*args))
+        jobs[("site fwd+bwd", name)] = lambda g=g, args=args: jax.block_until_ready(g(*args))
+    for job in jobs.values():
+        for _ in range(warmup):
+            job()
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in jobs}
+    for _ in range(reps):
+        for key, job in jobs.items():
+            times[key].append(_time(job))
+    medians = {key: statistics.median(ts) for key, ts in times.items()}
+    copy_rate = 2 * tokens * k * d * size / medians[("copy", "state")]
+    print(f"\ncopy of the state ({tokens} x {k} x {d} {jnp.dtype(dtype).name}): {copy_rate / 1e9:.1f} GB/s")
+    print(f"{'family':7} {'kernel':22} {'median us':>10} {'GB/s':>8} {'of copy':>8}")
+    for (family, name), t in medians.items():
+        if family in ("hc", "fc"):
+            w = d if family == "hc" else d // k
+            rate = io_bytes(name, family, tokens, k, w, size) / t
+            print(f"{family:7} {name:22} {1e6 * t:10.1f} {rate / 1e9:8.1f} {rate / copy_rate:8.2f}")
+    for mode_name in ("site fwd", "site fwd+bwd"):
+        base = medians[(mode_name, "residual")]
+        for name in sites:
+            t = medians[(mode_name, name)]
+            print(f"{mode_name:13} {name:12} {1e6 * t:10.1f} us {t / base:6.2f}x residual")
+    return medians
+
+
+def main(argv: list[str] | None = None) -> dict[Any, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, 1 repetition (smoke run)")
     parser.add_argument("--n", type=int, default=4)
-    parser.add_argument("--tokens", type=int, default=4096)
-    parser.add_argument("--d", type=int, default=1024)
+    parser.add_argument("--tokens", type=int, default=None, help="default 4096 (32768 with --pallas)")
+    parser.add_argument("--d", type=int, default=None, help="default 1024 (4096 with --pallas)")
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--grad-only", action="store_true", help="fwd+bwd as jax.grad without the loss value (see the docstring)"
     )
+    parser.add_argument(
+        "--pallas", action="store_true", help="the Pallas kernels (on a TPU; elsewhere the interpret-mode smoke)"
+    )
+    parser.add_argument("--dtype", default="bfloat16", help="--pallas: dtype of the state (default bfloat16)")
     args = parser.parse_args(argv)
+    if args.pallas:
+        tokens, d = args.tokens or 32768, args.d or 4096
+        if args.quick:
+            tokens, d, args.reps, args.warmup = 256, 512, 3, 1
+        print(f"jax {jax.__version__} ({jax.default_backend()}, {jax.devices()[0].device_kind}), --pallas, "
+              f"tokens={tokens} d={d} n=m=4 {args.dtype}, reps={args.reps}")
+        return run_pallas(tokens, d, jnp.dtype(args.dtype), args.reps, args.warmup, args.seed)
+    args.tokens, args.d = args.tokens or 4096, args.d or 1024
     if args.quick:
         args.tokens, args.d, args.reps, args.warmup = 16, 32, 1, 1
     print(
