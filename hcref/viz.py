@@ -293,6 +293,7 @@ def render(sites: Sequence[Site], out: str | Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    sites = [site for site in sites if site.family != "mhc_head"]  # a learned reduce, not a residual site
     static = [(site, site_maps(site)) for site in sites]
     mean = [(site, site_maps(site, mean=True)) for site in sites]
     missing = [site.name for site, maps in static if maps is None]
