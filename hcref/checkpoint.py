@@ -54,12 +54,12 @@ import numpy as np
 
 from . import validation as v
 from ._arrays import Array
+from .sinkhorn_knopp import ITERS
 
 FORMAT = "hcref-checkpoint"
 FORMAT_VERSION = 1
 FAMILIES = ("hc", "fc", "mhc", "mhc_head")
-"""Site families of the format. ``mhc`` and ``mhc_head`` follow the contract's key layout
-(decision D9); their coefficients come from the mHC reference once it is in hcref."""
+"""Site families of the format; ``mhc`` and ``mhc_head`` follow the contract's key layout (decision D9)."""
 
 STAT_KEYS = {
     "hc": ("mean_alpha", "mean_beta"),
@@ -69,7 +69,7 @@ STAT_KEYS = {
 }
 _RATE_NAME = {"hc": "n", "fc": "m", "mhc": "n", "mhc_head": "n"}
 _HC_OPTIONS: dict[str, Any] = {"norm": "layernorm", "use_tanh": True, "use_norm": True, "use_scale": True}
-_MHC_OPTIONS: dict[str, Any] = {"iters": 20, "eps": 0.0}
+_MHC_OPTIONS: dict[str, Any] = {"iters": ITERS, "eps": 0.0}
 PathLike = str | os.PathLike[str]
 
 
@@ -93,17 +93,6 @@ def default_options(family: str) -> dict[str, Any]:
     return {}
 
 
-def mhc_param_shapes(n: int, d: int, *, dynamic: bool) -> dict[str, tuple[int, ...]]:
-    """mHC keys (decision D9): ``phi`` (n*d, 2n+n^2), ``b`` (2n+n^2), ``gates`` (3); static is ``b`` alone."""
-    cols = 2 * n + n * n
-    return {"phi": (n * d, cols), "b": (cols,), "gates": (3,)} if dynamic else {"b": (cols,)}
-
-
-def mhc_head_param_shapes(n: int, d: int) -> dict[str, tuple[int, ...]]:
-    """mHC head keys (DeepSeek-V4 learned reduce): ``phi`` (n*d, n), ``b`` (n), ``gate`` ()."""
-    return {"phi": (n * d, n), "b": (n,), "gate": ()}
-
-
 def param_shapes(
     family: str, rate: int, d: int, *, dynamic: bool, options: Mapping[str, Any]
 ) -> dict[str, tuple[int, ...]]:
@@ -113,8 +102,8 @@ def param_shapes(
     if family == "fc":
         return v.expected_param_shapes("fc", rate, d // rate, dynamic=dynamic, norm=options["norm"])
     if family == "mhc":
-        return mhc_param_shapes(rate, d, dynamic=dynamic)
-    return mhc_head_param_shapes(rate, d)
+        return v.mhc_param_shapes(rate, d, dynamic=dynamic)
+    return v.mhc_head_param_shapes(rate, d)
 
 
 def stat_shapes(family: str, rate: int) -> dict[str, tuple[int, ...]]:
@@ -144,12 +133,11 @@ def _check_options(where: str, family: str, options: Mapping[str, Any]) -> dict[
         except (TypeError, ValueError) as err:
             raise ValueError(f"{where}: options: {err}") from None
     elif family == "mhc":
-        iters, eps = full["iters"], full["eps"]
-        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-            raise ValueError(f"{where}: options: iters: expected an int >= 1, got {iters!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-            raise ValueError(f"{where}: options: eps: expected a float >= 0, got {eps!r}")
-        full["eps"] = float(eps)
+        try:
+            v.check_iters(full["iters"])
+            full["eps"] = v.check_eps(full["eps"])
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: options: {err}") from None
     return full
 
 
@@ -181,7 +169,7 @@ def _infer_d(family: str, rate: int, params: Mapping[str, Array]) -> int | None:
 def _is_dynamic(family: str, params: Mapping[str, Any]) -> bool:
     if family in ("hc", "fc"):
         return v.is_dynamic(params)
-    return family == "mhc_head" or "phi" in params or "gates" in params
+    return family == "mhc_head" or any(key in params for key in v.MHC_DYNAMIC_KEYS)
 
 
 def _as_array(value: Any) -> Any:
@@ -459,8 +447,8 @@ def module_arguments(site: Site) -> tuple[tuple[Any, ...], dict[str, Any]]:
     if site.family == "fc":
         return (site.rate, site.d), {"dynamic": site.dynamic, **site.options}
     raise NotImplementedError(
-        f"site {site.name!r}: family {site.family!r}: the backends have no module for it yet "
-        "(the mHC reference and modules land later); load() still returns its parameters"
+        f"site {site.name!r}: family {site.family!r}: this backend has no module for it yet (the mHC "
+        "modules land with the backends' mHC ops); hcref.checkpoint.load() returns its parameters"
     )
 
 
@@ -561,10 +549,7 @@ def _coefficients(site: Site, H: Array, params: dict[str, Array]) -> dict[str, A
         coeffs = hcref.hc_coeffs if site.family == "hc" else hcref.fc_coeffs
         alpha, beta = coeffs(H, params, **site.options)
         return {"mean_alpha": alpha, "mean_beta": beta}
-    mhc_coeffs = getattr(hcref, "mhc_coeffs", None)
-    if site.family != "mhc" or mhc_coeffs is None:
-        raise NotImplementedError(
-            f"site {site.name!r}: recording {site.family!r} coefficients needs hcref.mhc_coeffs (the mHC reference)"
-        )
-    h_pre, h_post, h_res = mhc_coeffs(H, params, **site.options)
-    return {"mean_h_pre": h_pre, "mean_h_post": h_post, "mean_h_res": h_res}
+    if site.family == "mhc":
+        h_pre, h_post, h_res = hcref.mhc_coeffs(H, params, **site.options)
+        return {"mean_h_pre": h_pre, "mean_h_post": h_post, "mean_h_res": h_res}
+    raise ValueError(f"site {site.name!r}: the mHC head is a learned reduce, it has no coefficients to record")

@@ -55,11 +55,14 @@ Frac-Connections. lucidrains' ``num_fracs = m`` (with one stream) departs from t
 - lucidrains' FC init reads fraction 0 into every branch-input fraction (``Y[0, :] = 1``); that is a
   parameter value and converts as it is.
 
-mHC: hcref's mHC reference (keys ``phi``, ``b``, ``gates``, decision D9) is being added; lucidrains'
-``ManifoldConstrainedHyperConnections`` computes its coefficients per stream from a d-wide RMSNorm
-(not from the flattened n*d vector) and runs Sinkhorn rows-first (math.md 4.6), so a converter has to
-say what maps once that reference exists. :func:`mhc_from_lucidrains` / :func:`mhc_to_lucidrains`
-are the hook: they raise ``NotImplementedError`` until then.
+mHC: :func:`mhc_from_lucidrains` / :func:`mhc_to_lucidrains` are the hook and raise
+``NotImplementedError``: lucidrains' ``ManifoldConstrainedHyperConnections`` is not the function
+of hcref's mHC (``hcref.mhc_coeffs``, keys ``phi``, ``b``, ``gates``, decision D9) for any weights
+(math.md 4.6): it computes each stream's coefficients from that stream's own d-wide RMSNorm with
+a gain (hcref: one weightless RMS over the flattened n*d vector, so a stream's logits depend on the
+other streams' scale), and its Sinkhorn normalises in the opposite order (columns exact, hcref's
+rows). Only parts map (its ``static_alpha`` is ``[b_pre | b_res^T]``, its three scales are hcref's
+``gates``); a converter would have to choose what to give up, so none is offered.
 """
 
 from __future__ import annotations
@@ -103,7 +106,7 @@ def _site_state(state: Mapping[str, Any], where: str) -> dict[str, Array]:
         )
     present = set(state)
     if present & set(MHC_KEYS):
-        raise NotImplementedError(f"{where}: this is a lucidrains mHC site; see hcref.lucidrains.mhc_from_lucidrains")
+        mhc_from_lucidrains(state)
     missing = [key for key in HC_KEYS if key not in present]
     if missing == ["static_beta", "dynamic_beta_fn", "dynamic_beta_scale"]:
         raise ValueError(
@@ -411,28 +414,28 @@ def fc_to_lucidrains(
 
 
 def mhc_from_lucidrains(state: Mapping[str, Any], **options: Any) -> tuple[dict[str, Array], dict[str, Any]]:
-    """Hook for lucidrains' ``ManifoldConstrainedHyperConnections`` -> hcref mHC (``phi``, ``b``, ``gates``, D9).
+    """Hook for lucidrains' ``ManifoldConstrainedHyperConnections`` -> hcref mHC: raises ``NotImplementedError``.
 
-    Not available yet: hcref's mHC reference is being added. What a converter has to settle
-    (math.md 4.6): lucidrains computes each stream's coefficients from that stream's d-wide
-    RMSNorm with a ``(d, n+1)`` projection (hcref: the flattened n*d vector, RMS without weight,
-    a ``(n*d, 2n+n^2)`` projection: lucidrains' maps embed as a block-structured ``phi`` but its norm
-    does not), its ``static_alpha`` is ``[b_pre | b_res]`` in ``(in, out)`` orientation (hcref's
-    ``b_res`` is ``(out, in)`` row-major), its Sinkhorn normalises rows first (hcref columns first,
-    the paper's order), and it has three scales (``pre_branch_scale``, ``residual_scale``,
-    ``h_post_scale``) as hcref's ``gates`` (pre, post, res).
+    What does not map (module docstring, math.md 4.6): lucidrains' per-stream d-wide RMSNorm with a
+    gain against hcref's weightless RMS of the flattened n*d vector (D9), and its Sinkhorn order
+    (columns exact) against the paper's (rows exact, D7). What would: ``static_alpha`` (n, 1+n) is
+    ``[b_pre | b_res^T]`` (lucidrains' residual block is ``(in, out)``, hcref's ``b_res`` row-major
+    ``(out, in)``), ``static_beta`` is ``b_post``, ``pre_branch_scale``, ``h_post_scale`` and
+    ``residual_scale`` are ``gates`` (pre, post, res), and ``dynamic_alpha_fn`` (d, 1+n) /
+    ``dynamic_beta_fn`` (d) embed block-diagonally in ``phi`` (n*d, 2n+n^2).
     """
     raise NotImplementedError(
-        "mHC conversion from lucidrains is not available yet: hcref's mHC reference (keys phi, b, gates, "
-        "decision D9) lands later; see hcref.lucidrains.mhc_from_lucidrains for what will map"
+        "lucidrains mHC -> hcref mHC is not offered: lucidrains normalises each stream on its own and runs "
+        "Sinkhorn in the opposite order, so no hcref mHC (decision D9) computes its function; see "
+        "hcref.lucidrains.mhc_from_lucidrains for what would and would not map"
     )
 
 
 def mhc_to_lucidrains(params: Mapping[str, Any], **options: Any) -> tuple[dict[str, Array], dict[str, Any]]:
-    """Hook for hcref mHC -> lucidrains ``ManifoldConstrainedHyperConnections``; see :func:`mhc_from_lucidrains`."""
+    """Hook for hcref mHC -> lucidrains: raises ``NotImplementedError`` (see :func:`mhc_from_lucidrains`)."""
     raise NotImplementedError(
-        "mHC conversion to lucidrains is not available yet: hcref's mHC reference lands later; "
-        "see hcref.lucidrains.mhc_from_lucidrains"
+        "hcref mHC -> lucidrains mHC is not offered: lucidrains' mHC computes a different function "
+        "(per-stream norm, opposite Sinkhorn order); see hcref.lucidrains.mhc_from_lucidrains"
     )
 
 

@@ -29,9 +29,9 @@ written to ``DIR`` (default: ``<checkpoint name>-pictures`` beside the checkpoin
     maps and, if recorded, from the mean maps (the gain of the mean map, not the paper's mean of
     per-token gains; equal for static sites).
 
-mHC sites: their maps come from ``hcref.mhc_coeffs`` (the mHC reference) applied to the static
-logits, or from recorded means when the checkpoint has them (``mean_h_pre``, ``mean_h_post``,
-``mean_h_res``); with neither, their pictures are skipped with a note.
+mHC sites: their static maps are ``hcref.mhc_coeffs`` of the static logits ``b`` (the dynamic
+projection ``phi`` set to zero), their mean maps the recorded ``mean_h_pre``, ``mean_h_post``,
+``mean_h_res``. The mHC head (a learned reduce) is not drawn.
 """
 
 from __future__ import annotations
@@ -66,23 +66,20 @@ class Maps:
     write: Array
 
 
-def _mhc_maps(site: Site) -> tuple[Array, Array, Array] | None:
+def _mhc_maps(site: Site) -> tuple[Array, Array, Array]:
+    """The static maps of an mHC site: ``mhc_coeffs`` with the dynamic projection zeroed (logits = b)."""
     import hcref
 
-    mhc_coeffs = getattr(hcref, "mhc_coeffs", None)
-    if mhc_coeffs is None:
-        return None
     params = {key: np.asarray(value, np.float64) for key, value in site.params.items()}
     if "phi" in params:
-        params["phi"] = np.zeros_like(params["phi"])  # the static part: logits = b
-    H = np.ones((site.rate, site.d))
-    h_pre, h_post, h_res = mhc_coeffs(H, params, **site.options)
+        params["phi"] = np.zeros_like(params["phi"])
+    h_pre, h_post, h_res = hcref.mhc_coeffs(np.ones((site.rate, site.d)), params, **site.options)
     return h_pre, h_post, h_res
 
 
 def site_maps(site: Site, *, mean: bool = False) -> Maps | None:
     """The static maps of ``site`` (``mean=False``) or its recorded mean maps (``mean=True``);
-    ``None`` when they are not available (no recorded means; an mHC site without hcref's mHC)."""
+    ``None`` when there are none (no recorded means; the mHC head, which is not a residual site)."""
     f64 = {key: np.asarray(value, np.float64) for key, value in (site.stats if mean else site.params).items()}
     if mean and not site.stats:
         return None
@@ -101,12 +98,9 @@ def site_maps(site: Site, *, mean: bool = False) -> Maps | None:
         return Maps("fc", Y, A, np.diag(B))
     if site.family == "mhc":
         if mean:
-            maps: tuple[Array, Array, Array] | None = (f64["mean_h_pre"], f64["mean_h_post"], f64["mean_h_res"])
+            h_pre, h_post, h_res = f64["mean_h_pre"], f64["mean_h_post"], f64["mean_h_res"]
         else:
-            maps = _mhc_maps(site)
-        if maps is None:
-            return None
-        h_pre, h_post, h_res = maps
+            h_pre, h_post, h_res = _mhc_maps(site)
         return Maps("mhc", h_pre[:, None], h_res.T, h_post[None, :])
     return None
 
@@ -296,9 +290,6 @@ def render(sites: Sequence[Site], out: str | Path) -> list[Path]:
     sites = [site for site in sites if site.family != "mhc_head"]  # a learned reduce, not a residual site
     static = [(site, site_maps(site)) for site in sites]
     mean = [(site, site_maps(site, mean=True)) for site in sites]
-    missing = [site.name for site, maps in static if maps is None]
-    if missing:
-        print(f"note: no static maps for {missing} (mHC sites need hcref.mhc_coeffs or recorded means)")
     have_static = [(site, maps) for site, maps in static if maps is not None]
     have_mean = [(site, maps) for site, maps in mean if maps is not None]
     if have_static:

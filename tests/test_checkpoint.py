@@ -141,6 +141,8 @@ def test_site_checks_keys_shapes_and_options() -> None:
         ck.Site("x", "mhc", {"b": np.zeros(7)}, d=4)
     with pytest.raises(ValueError, match=r"iters: expected an int >= 1, got 0"):
         ck.Site("x", "mhc", {"b": np.zeros(8)}, d=4, options={"iters": 0})
+    with pytest.raises(ValueError, match=r"eps: expected a finite real number >= 0, got -1"):
+        ck.Site("x", "mhc", {"b": np.zeros(8)}, d=4, options={"eps": -1})
     with pytest.raises(ValueError, match=r"stats: expected keys \['mean_alpha', 'mean_beta'\]"):
         ck.Site("x", "hc", params, stats={"mean_alpha": np.zeros((3, 4))}, stats_tokens=1)
     with pytest.raises(ValueError, match=r"duplicated \['x'\]"):

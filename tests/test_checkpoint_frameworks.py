@@ -36,8 +36,14 @@ def _reference_stack(sites: list[ck.Site], x: np.ndarray) -> np.ndarray:
     family = sites[0].family
     sublayers = [lambda h, w1=w1, w2=w2: np.tanh(h @ w1) @ w2 for w1, w2 in zip(W1, W2)]
     params = [{k: v.astype(np.float64) for k, v in s.params.items()} for s in sites]
-    out = network.stack(x.astype(np.float64), [lambda h, f=f: f(h) for f in sublayers], mode=family,
-                              connections=params, rate=sites[0].rate, **sites[0].options)
+    out = network.stack(
+        x.astype(np.float64),
+        [lambda h, f=f: f(h) for f in sublayers],
+        mode=family,
+        connections=params,
+        rate=sites[0].rate,
+        **sites[0].options,
+    )
     return out
 
 
@@ -220,9 +226,17 @@ def test_load_into_names_what_does_not_match(tmp_path: Path) -> None:
     path = tmp_path / "hc.safetensors"
     t.ckpt.save(path, sites)
     with pytest.raises(ValueError, match=r"module '1': n is 2 but checkpoint site '1' has 3"):
-        t.ckpt.load_into([t.mod.HyperConnections(3, D, 0, norm="rmsnorm"), t.mod.HyperConnections(2, D, 1),
-                          t.mod.HyperConnections(3, D, 2, norm="rmsnorm")], path)
-    with pytest.raises(ValueError, match=r"module '0': options is .*'layernorm'.* but checkpoint site '0' has .*'rmsnorm'"):
+        t.ckpt.load_into(
+            [
+                t.mod.HyperConnections(3, D, 0, norm="rmsnorm"),
+                t.mod.HyperConnections(2, D, 1),
+                t.mod.HyperConnections(3, D, 2, norm="rmsnorm"),
+            ],
+            path,
+        )
+    with pytest.raises(
+        ValueError, match=r"module '0': options is .*'layernorm'.* but checkpoint site '0' has .*'rmsnorm'"
+    ):
         t.ckpt.load_into([t.mod.HyperConnections(3, D, i) for i in range(3)], path)
     with pytest.raises(ValueError, match=r"module '0': family is 'fc' but checkpoint site '0' has 'hc'"):
         t.ckpt.load_into([t.mod.FracConnections(3, 9) for _ in range(3)], path)

@@ -17,15 +17,15 @@ import pytest
 torch = pytest.importorskip("torch")
 hyper_connections = pytest.importorskip("hyper_connections")
 
-import hcref
 import hcref_torch as ht
 import hcref_torch.checkpoint as tc
 import hcref_torch.lucidrains as lr
-from hcref import checkpoint as ck
-from hcref import lucidrains as core
 from hyper_connections import HyperConnections as LucidHC
 from hyper_connections.hyper_connections import get_init_and_expand_reduce_stream_functions
 
+import hcref
+from hcref import checkpoint as ck
+from hcref import lucidrains as core
 
 
 def _randomise(module: torch.nn.Module, seed: int, scale: float = 0.3) -> None:
@@ -46,7 +46,9 @@ def _oracle_eps0(H: np.ndarray, params: dict[str, np.ndarray], y_fn, *, tanh: bo
     """HC paper Eqs. 10-13 (tanh, two scales) with lucidrains' norm x / ||x|| * sqrt(d) * w (no epsilon)."""
     Hbar = H / np.sqrt((H * H).mean(axis=-1, keepdims=True)) * params["norm_weight"]
     act = np.tanh if tanh else (lambda a: a)
-    alpha = params["s_alpha"] * act(Hbar @ params["W_alpha"]) + np.concatenate([params["A_m"][:, None], params["A_r"]], 1)
+    alpha = params["s_alpha"] * act(Hbar @ params["W_alpha"]) + np.concatenate(
+        [params["A_m"][:, None], params["A_r"]], 1
+    )
     beta = params["s_beta"] * act(Hbar @ params["W_beta"]) + params["B"]
     mix = np.swapaxes(alpha, -1, -2) @ H
     return beta[..., :, None] * y_fn(mix[..., 0, :])[..., None, :] + mix[..., 1:, :]
@@ -147,24 +149,33 @@ def test_what_does_not_map_is_refused() -> None:
         core.split_state_dict({"expand.stream_embed": np.zeros((2, d)), "hc.static_alpha": np.zeros((2, 3))})
     with pytest.raises(ValueError, match=r"tanh: given False, but the lucidrains modules have tanh=\{'0': True\}"):
         lr.sites(LucidHC(2, dim=d, layer_index=0), tanh=False)
-    with pytest.raises(ValueError, match=r"site '0': lucidrains static_alpha has shape \(3, 4\), the hcref site gives \(2, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"site '0': lucidrains static_alpha has shape \(3, 4\), the hcref site gives \(2, 3\)"
+    ):
         lr.load_into_lucidrains(LucidHC(3, dim=d, layer_index=0), [ht.HyperConnections(2, d, 0, norm="rmsnorm")])
     with pytest.raises(ValueError, match=r"the lucidrains module has tanh=False"):
-        lr.load_into_lucidrains(LucidHC(2, dim=d, layer_index=0, tanh=False), [ht.HyperConnections(2, d, 0, norm="rmsnorm")])
+        lr.load_into_lucidrains(
+            LucidHC(2, dim=d, layer_index=0, tanh=False), [ht.HyperConnections(2, d, 0, norm="rmsnorm")]
+        )
     with pytest.raises(ValueError, match=r"expected lucidrains keys .* missing \['norm.gamma'\]"):
-        core.hc_from_lucidrains({k: v for k, v in core.hc_to_lucidrains(hcref.init_hc(2, d, 0, norm="rmsnorm"))[0].items()
-                                 if k != "norm.gamma"})
+        core.hc_from_lucidrains(
+            {
+                k: v
+                for k, v in core.hc_to_lucidrains(hcref.init_hc(2, d, 0, norm="rmsnorm"))[0].items()
+                if k != "norm.gamma"
+            }
+        )
     with pytest.warns(UserWarning, match=r"dropout=0.1 is not part of hcref's sites"):
         lr.sites(LucidHC(2, dim=d, layer_index=0, dropout=0.1))
 
 
-def test_mhc_is_a_hook_until_the_reference_lands() -> None:
+def test_mhc_is_a_hook_that_says_why() -> None:
     from hyper_connections.manifold_constrained_hyper_connections import ManifoldConstrainedHyperConnections
 
-    with pytest.raises(NotImplementedError, match=r"decision D9"):
+    with pytest.raises(NotImplementedError, match=r"normalises each stream on its own .*decision D9"):
         lr.from_lucidrains(ManifoldConstrainedHyperConnections(2, dim=8, layer_index=0))
-    with pytest.raises(NotImplementedError, match=r"mHC conversion to lucidrains"):
-        core.sites_to_state_dict([ck.Site("m", "mhc", {"b": np.zeros(8)}, d=4)])
+    with pytest.raises(NotImplementedError, match=r"hcref mHC -> lucidrains mHC is not offered"):
+        core.sites_to_state_dict([ck.Site("m", "mhc", hcref.init_mhc(2, 4, 0))])
 
 
 # --- Frac-Connections ---------------------------------------------------------------------------

@@ -113,31 +113,35 @@ def _mhc_checkpoint(path: Path, n: int = 3, d: int = 4, depth: int = 5) -> list[
 def test_mhc_gain_from_a_hand_made_checkpoint(tmp_path: Path) -> None:
     h_res = _mhc_checkpoint(tmp_path / "mhc.safetensors")
     sites = ck.load(tmp_path / "mhc.safetensors")
-    stack = [viz.site_maps(s, mean=True) for s in sites]
-    assert all(m is not None for m in stack)
-    gains = viz.residual_gains([m for m in stack if m is not None])
-    P = np.eye(3)
-    for l, H in enumerate(h_res):
-        P = H @ P  # x_{l+1} = h_res x_l
-        assert gains["composite_forward"][l] == pytest.approx(np.abs(P).sum(axis=1).max(), rel=1e-12)
-        assert gains["composite_backward"][l] == pytest.approx(np.abs(P).sum(axis=0).max(), rel=1e-12)
-    # Sinkhorn ends with the row step: rows sum to 1, so the forward gain is 1 at every depth
-    np.testing.assert_allclose(gains["composite_forward"], 1, rtol=1e-12)
-    assert gains["composite_backward"].max() > 1 + 1e-6
+    for mean in (True, False):  # the recorded means, and the static maps from hcref.mhc_coeffs of b
+        stack = [viz.site_maps(s, mean=mean) for s in sites]
+        assert all(m is not None for m in stack)
+        gains = viz.residual_gains([m for m in stack if m is not None])
+        P = np.eye(3)
+        for l, H in enumerate(h_res):
+            P = H @ P  # x_{l+1} = h_res x_l
+            assert gains["composite_forward"][l] == pytest.approx(np.abs(P).sum(axis=1).max(), rel=1e-10)
+            assert gains["composite_backward"][l] == pytest.approx(np.abs(P).sum(axis=0).max(), rel=1e-10)
+        # Sinkhorn ends with the row step: rows sum to 1, so the forward gain is 1 at every depth
+        np.testing.assert_allclose(gains["composite_forward"], 1, rtol=1e-12)
+        assert gains["composite_backward"].max() > 1 + 1e-6
     written = viz.render(sites, tmp_path / "pics")
-    assert {p.name for p in written} == {"mean.png", "connectivity-mhc.png", "gain-mhc.png"} | (
-        {"static.png"} if hasattr(hcref, "mhc_coeffs") else set()
-    )
+    assert {p.name for p in written} == {"static.png", "mean.png", "connectivity-mhc.png", "gain-mhc.png"}
 
 
-def test_mhc_static_maps_come_from_the_reference_once_it_lands(tmp_path: Path) -> None:
-    if not hasattr(hcref, "mhc_coeffs"):
-        pytest.skip("hcref.mhc_coeffs (the mHC reference) is not in hcref yet; viz then uses recorded means")
+def test_mhc_static_maps_are_the_references(tmp_path: Path) -> None:
     h_res = _mhc_checkpoint(tmp_path / "mhc.safetensors")
     for site, expected in zip(ck.load(tmp_path / "mhc.safetensors"), h_res):
         maps = viz.site_maps(site)
         assert maps is not None
         np.testing.assert_allclose(maps.mix.T, expected, rtol=1e-10, atol=1e-12)
+        b = site.params["b"]
+        np.testing.assert_allclose(maps.read[:, 0], 1 / (1 + np.exp(-b[:3])), rtol=1e-12)
+        np.testing.assert_allclose(maps.write[0], 2 / (1 + np.exp(-b[3:6])), rtol=1e-12)
+    dynamic = ck.Site("m", "mhc", {**hcref.init_mhc(3, 4, 1), "phi": np.ones((12, 15))})
+    maps = viz.site_maps(dynamic)
+    assert maps is not None  # phi is set aside: the static maps of hc_like are sinkhorn(I), e_1 read
+    np.testing.assert_allclose(maps.mix.T, _sinkhorn(np.eye(3), 20), rtol=1e-10)
 
 
 def _hc_fc_checkpoint(path: Path) -> None:
@@ -175,13 +179,18 @@ def test_every_picture_renders(tmp_path: Path) -> None:
 def test_command_line_and_missing_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("matplotlib")
     _hc_fc_checkpoint(tmp_path / "a.safetensors")
-    done = subprocess.run([sys.executable, "-m", "hcref.viz", str(tmp_path / "a.safetensors")],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "hcref.viz", str(tmp_path / "a.safetensors")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     default_out = tmp_path / "a-pictures"
-    assert done.stdout.split() == [str(default_out / n) for n in
-                                   ("static.png", "mean.png", "connectivity-hc.png", "gain-hc.png",
-                                    "connectivity-fc.png", "gain-fc.png")]
+    assert done.stdout.split() == [
+        str(default_out / n)
+        for n in ("static.png", "mean.png", "connectivity-hc.png", "gain-hc.png", "connectivity-fc.png", "gain-fc.png")
+    ]
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(ImportError, match=r'pip install "hcref\[viz\]"'):
         viz.render(ck.load(tmp_path / "a.safetensors"), tmp_path / "x")
