@@ -222,9 +222,9 @@ def _matrices_picture(pairs: list[tuple[Site, Maps]], path: Path, what: str) -> 
         ax.set_axis_off()
     for ax, (site, maps) in zip(axes.flat, pairs):
         image = _heat(ax, connection_matrix(maps), _label(site))
-        columns, rows = _tick_labels(maps.family, maps.mix.shape[0])
-        ax.set_xticks(range(len(columns)), columns)
-        ax.set_yticks(range(len(rows)), rows)
+        column_labels, row_labels = _tick_labels(maps.family, maps.mix.shape[0])
+        ax.set_xticks(range(len(column_labels)), column_labels)
+        ax.set_yticks(range(len(row_labels)), row_labels)
         fig.colorbar(image, ax=ax, shrink=0.7).ax.tick_params(labelsize=6)
     fig.suptitle(f"{what} connection matrices: top row = write; then per input stream (row) its read | mix", fontsize=9)
     fig.savefig(path, dpi=120)
