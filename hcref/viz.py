@@ -252,6 +252,7 @@ def _gain_picture(family: str, stacks: list[tuple[str, list[Maps]]], path: Path)
     fig = _figure(5.5, 3.6)
     ax = fig.subplots()
     styles = {"static": "-", "mean": "--"}
+    values: list[float] = []
     for what, stack in stacks:
         gains = residual_gains(stack)
         depth = np.arange(1, len(stack) + 1)
@@ -269,7 +270,10 @@ def _gain_picture(family: str, stacks: list[tuple[str, list[Maps]]], path: Path)
                 marker=".",
                 label=f"{what} {key.replace('_', ' ')}",
             )
-    ax.set_yscale("log")
+            values.extend(gains[key].tolist())
+    ax.axhline(1.0, color="0.6", lw=0.8)
+    if max(values) > 10 * max(min(values), 1e-300):  # log scale only where the gains span decades
+        ax.set_yscale("log")
     ax.set_xticks(range(1, len(stacks[0][1]) + 1))
     ax.set_xlabel("depth l (sites)")
     ax.set_ylabel("Amax gain magnitude")
