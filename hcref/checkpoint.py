@@ -54,12 +54,11 @@ import numpy as np
 
 from . import validation as v
 from ._arrays import Array
+from .connections import FAMILIES
 from .sinkhorn_knopp import ITERS
 
 FORMAT = "hcref-checkpoint"
 FORMAT_VERSION = 1
-FAMILIES = ("hc", "fc", "mhc", "mhc_head")
-"""Site families of the format; ``mhc`` and ``mhc_head`` follow the contract's key layout (decision D9)."""
 
 STAT_KEYS = {
     "hc": ("mean_alpha", "mean_beta"),
@@ -419,38 +418,35 @@ def natural_key(name: str) -> tuple[Any, ...]:
 def site_from_module(name: str, module: Any, to_numpy: Callable[[Any], Array]) -> Site:
     """The :class:`Site` of one connection module of any backend.
 
-    Reads the attributes every backend's modules carry (``family``, ``n``/``m``, ``d``,
-    ``layer_index``, the options) and ``module.params()``, converting each array with ``to_numpy``.
+    Reads the module's :class:`hcref.connections.Plan` (``module.plan``: the mHC modules, and any
+    module built on a plan) or else the attributes the HC/FC modules carry (``family``, ``n``/``m``,
+    ``d``, ``layer_index``, the options), and ``module.params()``, converting each array with ``to_numpy``.
     """
-    family = getattr(module, "family", None)
-    if family not in FAMILIES:
-        raise TypeError(f"module {name!r}: expected an hcref connection module, got {type(module).__name__}")
-    options = {key: getattr(module, key) for key in default_options(family)}
+    plan = getattr(module, "plan", None)
+    if plan is not None and getattr(plan, "family", None) in FAMILIES:
+        family, rate, d, layer_index, options = plan.family, plan.rows, plan.d, plan.layer_index, plan.kwargs
+    else:
+        family = getattr(module, "family", None)
+        if family not in FAMILIES:
+            raise TypeError(f"module {name!r}: expected an hcref connection module, got {type(module).__name__}")
+        options = {key: getattr(module, key) for key in default_options(family)}
+        rate, d, layer_index = getattr(module, _RATE_NAME[family]), module.d, getattr(module, "layer_index", None)
     params = {key: to_numpy(value) for key, value in module.params().items()}
-    return Site(
-        name=name,
-        family=family,
-        params=params,
-        rate=getattr(module, _RATE_NAME[family]),
-        d=module.d,
-        layer_index=getattr(module, "layer_index", None),
-        options=options,
-    )
+    return Site(name=name, family=family, params=params, rate=rate, d=d, layer_index=layer_index, options=options)
 
 
 def module_arguments(site: Site) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Positional and keyword arguments that rebuild ``site``'s module in any backend:
-    ``HyperConnections(n, d, layer_index, dynamic=..., **options)`` or
-    ``FracConnections(m, d, dynamic=..., **options)``."""
-    if site.family == "hc":
-        layer_index = site.layer_index if site.layer_index is not None else 0
+    ``HyperConnections(n, d, layer_index, dynamic=..., **options)``,
+    ``FracConnections(m, d, dynamic=..., **options)``,
+    ``ManifoldHyperConnections(n, d, layer_index, dynamic=..., iters=..., eps=...)`` or ``MHCHead(n, d, eps=...)``.
+    A missing ``layer_index`` is 0 (it only places the initial values, which the file's replace)."""
+    layer_index = site.layer_index if site.layer_index is not None else 0
+    if site.family in ("hc", "mhc"):
         return (site.rate, site.d, layer_index), {"dynamic": site.dynamic, **site.options}
     if site.family == "fc":
         return (site.rate, site.d), {"dynamic": site.dynamic, **site.options}
-    raise NotImplementedError(
-        f"site {site.name!r}: family {site.family!r}: this backend has no module for it yet (the mHC "
-        "modules land with the backends' mHC ops); hcref.checkpoint.load() returns its parameters"
-    )
+    return (site.rate, site.d), dict(site.options)
 
 
 def check_module_matches(site: Site, module: Any, module_name: str) -> None:

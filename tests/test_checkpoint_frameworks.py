@@ -9,6 +9,7 @@ it, and every framework loads it with ``load`` (modules built from the file) and
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,26 +29,59 @@ W1 = [RNG.standard_normal((D, HIDDEN)).astype(np.float32) * 0.5 for _ in range(S
 W2 = [RNG.standard_normal((HIDDEN, D)).astype(np.float32) * 0.5 for _ in range(SITES)]
 X = RNG.standard_normal((2, 5, D)).astype(np.float32)
 TARGET = RNG.standard_normal((2, 5, D)).astype(np.float32)
-FAMILY_RATE = {"hc": 3, "fc": 2}
+FAMILY_RATE = {"hc": 3, "fc": 2, "mhc": 2}
+
+
+def _family(module: Any) -> str:
+    return module.plan.family if hasattr(module, "plan") else module.family
 
 
 def _reference_stack(sites: list[ck.Site], x: np.ndarray) -> np.ndarray:
-    """The stack in float64 with the reference (hcref.network.stack) and the loaded NumPy mappings."""
+    """The stack in float64 with the reference and the loaded NumPy mappings (HC/FC:
+    hcref.network.stack; mHC: hcref.site per site, then the mHC head)."""
     family = sites[0].family
     sublayers = [lambda h, w1=w1, w2=w2: np.tanh(h @ w1) @ w2 for w1, w2 in zip(W1, W2)]
     params = [{k: v.astype(np.float64) for k, v in s.params.items()} for s in sites]
-    out = network.stack(
-        x.astype(np.float64),
-        [lambda h, f=f: f(h) for f in sublayers],
-        mode=family,
-        connections=params,
-        rate=sites[0].rate,
-        **sites[0].options,
-    )
-    return out
+    if family != "mhc":
+        return network.stack(
+            x.astype(np.float64), sublayers, mode=family, connections=params, rate=sites[0].rate, **sites[0].options
+        )
+    H = hcref.expand(x.astype(np.float64), sites[0].rate)
+    for site, p, sublayer in zip(sites[:-1], params, sublayers):
+        H = hcref.site("mhc", H, p, sublayer, **site.options)
+    return hcref.mhc_head(H, params[-1], **sites[-1].options)
 
 
-class Torch:
+class Framework:
+    """What each framework's adapter shares: the stack's layout around the connection modules."""
+
+    mod: Any
+
+    def build(self, family: str) -> list[Any]:
+        k = FAMILY_RATE[family]
+        if family == "hc":
+            return [self.mod.HyperConnections(k, D, i, norm="rmsnorm") for i in range(SITES)]
+        if family == "fc":
+            return [self.mod.FracConnections(k, D) for _ in range(SITES)]
+        mhc = importlib.import_module(f"{self.mod.__name__}.mhc_modules")
+        sites = [mhc.ManifoldHyperConnections(k, D, i, iters=5) for i in range(SITES)]
+        return [*sites, mhc.MHCHead(k, D)]
+
+    def stack(self, sites: list[Any], x: Any, sublayer: Any) -> Any:
+        family = _family(sites[0])
+        if family == "fc":
+            H = self.mod.FracSplit(sites[0].m)(x)
+            for site, w1, w2 in zip(sites, W1, W2):
+                H = site(H, sublayer(w1, w2))
+            return self.mod.FracMerge()(H)
+        H = self.mod.Expand(sites[0].n)(x)
+        body = sites[:-1] if family == "mhc" else sites
+        for site, w1, w2 in zip(body, W1, W2):
+            H = site(H, sublayer(w1, w2))
+        return sites[-1](H) if family == "mhc" else self.mod.Reduce()(H)
+
+
+class Torch(Framework):
     name = "torch"
 
     def __init__(self) -> None:
@@ -57,19 +91,9 @@ class Torch:
 
         self.mod, self.ckpt = hcref_torch, hcref_torch.checkpoint
 
-    def build(self, family: str) -> list[Any]:
-        k = FAMILY_RATE[family]
-        if family == "hc":
-            return [self.mod.HyperConnections(k, D, i, norm="rmsnorm") for i in range(SITES)]
-        return [self.mod.FracConnections(k, D) for _ in range(SITES)]
-
     def forward(self, sites: list[Any], x: np.ndarray) -> Any:
         t = self.torch
-        family = sites[0].family
-        H = self.mod.Expand(sites[0].n)(t.tensor(x)) if family == "hc" else self.mod.FracSplit(sites[0].m)(t.tensor(x))
-        for site, w1, w2 in zip(sites, W1, W2):
-            H = site(H, lambda h, w1=w1, w2=w2: t.tanh(h @ t.tensor(w1)) @ t.tensor(w2))
-        return self.mod.Reduce()(H) if family == "hc" else self.mod.FracMerge()(H)
+        return self.stack(sites, t.tensor(x), lambda w1, w2: lambda h: t.tanh(h @ t.tensor(w1)) @ t.tensor(w2))
 
     def train(self, sites: list[Any]) -> None:
         params = [p for s in sites for p in s.parameters()]
@@ -84,7 +108,7 @@ class Torch:
         return self.forward(sites, X).detach().numpy()
 
 
-class Jax:
+class Jax(Framework):
     name = "jax"
 
     def __init__(self) -> None:
@@ -97,19 +121,9 @@ class Jax:
 
         self.mod, self.ckpt, self.jnp, self.nnx = hcref_jax, hcref_jax.checkpoint, jnp, nnx
 
-    def build(self, family: str) -> list[Any]:
-        k = FAMILY_RATE[family]
-        if family == "hc":
-            return [self.mod.HyperConnections(k, D, i, norm="rmsnorm") for i in range(SITES)]
-        return [self.mod.FracConnections(k, D) for _ in range(SITES)]
-
     def forward(self, sites: list[Any], x: Any) -> Any:
         jnp = self.jnp
-        family = sites[0].family
-        H = self.mod.Expand(sites[0].n)(x) if family == "hc" else self.mod.FracSplit(sites[0].m)(x)
-        for site, w1, w2 in zip(sites, W1, W2):
-            H = site(H, lambda h, w1=w1, w2=w2: jnp.tanh(h @ w1) @ w2)
-        return self.mod.Reduce()(H) if family == "hc" else self.mod.FracMerge()(H)
+        return self.stack(sites, x, lambda w1, w2: lambda h: jnp.tanh(h @ w1) @ w2)
 
     def train(self, sites: list[Any]) -> None:
         nnx, jax = self.nnx, self.jax
@@ -133,7 +147,7 @@ class Jax:
         return np.asarray(Jax._forward_jit(self, sites, self.jnp.asarray(X)))
 
 
-class Mlx:
+class Mlx(Framework):
     name = "mlx"
 
     def __init__(self) -> None:
@@ -145,19 +159,9 @@ class Mlx:
 
         self.mod, self.ckpt, self.nn, self.optim = hcref_mlx, hcref_mlx.checkpoint, nn, optim
 
-    def build(self, family: str) -> list[Any]:
-        k = FAMILY_RATE[family]
-        if family == "hc":
-            return [self.mod.HyperConnections(k, D, i, norm="rmsnorm") for i in range(SITES)]
-        return [self.mod.FracConnections(k, D) for _ in range(SITES)]
-
     def forward(self, sites: list[Any], x: Any) -> Any:
         mx = self.mx
-        family = sites[0].family
-        H = self.mod.Expand(sites[0].n)(x) if family == "hc" else self.mod.FracSplit(sites[0].m)(x)
-        for site, w1, w2 in zip(sites, W1, W2):
-            H = site(H, lambda h, w1=w1, w2=w2: mx.tanh(h @ mx.array(w1)) @ mx.array(w2))
-        return self.mod.Reduce()(H) if family == "hc" else self.mod.FracMerge()(H)
+        return self.stack(sites, x, lambda w1, w2: lambda h: mx.tanh(h @ mx.array(w1)) @ mx.array(w2))
 
     def train(self, sites: list[Any]) -> None:
         mx, nn = self.mx, self.nn
@@ -181,7 +185,7 @@ class Mlx:
 FRAMEWORKS: dict[str, Callable[[], Any]] = {"torch": Torch, "jax": Jax, "mlx": Mlx}
 
 
-@pytest.mark.parametrize("family", ["hc", "fc"])
+@pytest.mark.parametrize("family", ["hc", "fc", "mhc"])
 @pytest.mark.parametrize("source", ["torch", "jax", "mlx"])
 def test_trained_in_one_framework_loads_everywhere(source: str, family: str, tmp_path: Path) -> None:
     src = FRAMEWORKS[source]()
@@ -194,9 +198,14 @@ def test_trained_in_one_framework_loads_everywhere(source: str, family: str, tmp
     src.ckpt.save(path, sites)
 
     saved = ck.load(path)
-    assert [s.name for s in saved] == ["0", "1", "2"] and all(s.family == family for s in saved)
-    init = hcref.init_hc(3, D, 0, norm="rmsnorm") if family == "hc" else hcref.init_fc(2, D)
-    assert not np.array_equal(saved[0].params["W_alpha"], init["W_alpha"]), "training changed nothing"
+    families = [family] * SITES + (["mhc_head"] if family == "mhc" else [])
+    assert [(s.name, s.family) for s in saved] == [(str(i), f) for i, f in enumerate(families)]
+    if family == "mhc":
+        assert saved[0].options == {"iters": 5, "eps": 0.0}
+        assert not np.array_equal(saved[0].params["phi"], hcref.init_mhc(2, D, 0)["phi"]), "training changed nothing"
+    else:
+        init = hcref.init_hc(3, D, 0, norm="rmsnorm") if family == "hc" else hcref.init_fc(2, D)
+        assert not np.array_equal(saved[0].params["W_alpha"], init["W_alpha"]), "training changed nothing"
     reference = _reference_stack(saved, X)
     np.testing.assert_allclose(expected, reference, rtol=2e-5, atol=2e-5)
 
@@ -206,6 +215,7 @@ def test_trained_in_one_framework_loads_everywhere(source: str, family: str, tmp
         existing = target.build(family)
         target.ckpt.load_into(existing, path)
         for modules in (built, existing):
+            assert len(modules) == len(saved)
             for site, module in zip(saved, modules):
                 for key, value in site.params.items():
                     got = np.asarray(target.ckpt.to_numpy(module.params()[key]))
@@ -262,17 +272,25 @@ def test_model_paths_name_the_sites_in_natural_order(tmp_path: Path) -> None:
     assert [m.layer_index for m in loaded.values()] == list(range(11))
 
 
+@pytest.mark.parametrize("family", ["hc", "mhc"])
 @pytest.mark.parametrize("source", ["torch", "jax", "mlx"])
-def test_record_taps_every_site_and_restores_the_modules(source: str) -> None:
+def test_record_taps_every_site_and_restores_the_modules(source: str, family: str) -> None:
     fw = FRAMEWORKS[source]()
-    sites = fw.build("hc")
+    sites = fw.build(family)
     before = fw.output(sites)
     recorder = fw.ckpt.record(sites, lambda: fw.output(sites))
     assert all("width" not in vars(s) for s in sites), "record must remove its wrappers"
     np.testing.assert_array_equal(fw.output(sites), before)
     got = recorder.sites()
-    assert all(s.stats_tokens == 10 for s in got)
     # at init (zero dynamic weights) the mean coefficients are the static ones
-    for s in got:
-        np.testing.assert_allclose(s.stats["mean_alpha"][:, 0], s.params["A_m"], atol=1e-7)
-        np.testing.assert_allclose(s.stats["mean_beta"], s.params["B"], atol=1e-7)
+    for s in got[:SITES]:
+        assert s.stats_tokens == 10
+        if family == "hc":
+            np.testing.assert_allclose(s.stats["mean_alpha"][:, 0], s.params["A_m"], atol=1e-7)
+            np.testing.assert_allclose(s.stats["mean_beta"], s.params["B"], atol=1e-7)
+        else:
+            static = hcref.mhc_coeffs(np.ones((2, D)), {"b": s.params["b"].astype(np.float64)}, **s.options)
+            for key, value in zip(("mean_h_pre", "mean_h_post", "mean_h_res"), static):
+                np.testing.assert_allclose(s.stats[key], value, atol=1e-6)
+    if family == "mhc":
+        assert got[-1].family == "mhc_head" and got[-1].stats_tokens == 0  # a reduce, not a site

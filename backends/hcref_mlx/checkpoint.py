@@ -1,11 +1,13 @@
 """hcref checkpoints (:mod:`hcref.checkpoint`, one safetensors file) from and to ``hcref_mlx`` modules.
 
-``modules`` is any of: a model (``mlx.nn.Module``) whose submodules include connection modules
-(their paths, e.g. ``connections.0``, become the site names), a mapping name -> connection module,
-a sequence of connection modules (named ``"0"``, ``"1"``, ...), or one connection module (``"0"``)::
+The connection modules are ``HyperConnections``, ``FracConnections``, ``ManifoldHyperConnections``
+and ``MHCHead``. ``modules`` is any of: a model (``mlx.nn.Module``) whose submodules include
+connection modules (their paths, e.g. ``connections.0``, become the site names), a mapping name ->
+connection module, a sequence of connection modules (named ``"0"``, ``"1"``, ...), or one connection
+module (``"0"``)::
 
     import hcref_mlx.checkpoint as ckpt
-    ckpt.save("hc.safetensors", model)                 # every HyperConnections / FracConnections in model
+    ckpt.save("hc.safetensors", model)                 # every connection module in model, by path
     ckpt.load_into(model2, "hc.safetensors")           # same names, families, n/m, d and options
     sites = ckpt.load("hc.safetensors")                # {name: new module}, built from the file
 
@@ -26,25 +28,33 @@ import numpy as np
 
 from hcref import checkpoint as ckpt
 
+from .mhc_modules import ManifoldHyperConnections, MHCHead, PlannedModule
 from .modules import FracConnections, HyperConnections, _Connection
 
 Modules = Any
 """An ``nn.Module`` (a model), a ``Mapping[str, nn.Module]`` or a ``Sequence[nn.Module]`` (mypy sees mlx.nn as Any)."""
-_CLASSES: dict[str, type[_Connection]] = {"hc": HyperConnections, "fc": FracConnections}
+_CLASSES: dict[str, Any] = {
+    "hc": HyperConnections,
+    "fc": FracConnections,
+    "mhc": ManifoldHyperConnections,
+    "mhc_head": MHCHead,
+}
+_MODULES = (_Connection, PlannedModule)
+"""The connection modules: HC/FC (``modules``) and mHC sites and head (``mhc_modules``)."""
 _DTYPES = {np.dtype(np.float16): mx.float16, np.dtype(np.float32): mx.float32, np.dtype(np.float64): mx.float64}
 
 
-def connections(modules: Modules) -> dict[str, _Connection]:
+def connections(modules: Modules) -> dict[str, Any]:
     """The connection modules of ``modules`` by site name (model paths in natural order)."""
-    if isinstance(modules, _Connection):
+    if isinstance(modules, _MODULES):
         return {"0": modules}
     if isinstance(modules, nn.Module):
-        found = {name: m for name, m in modules.named_modules() if isinstance(m, _Connection)}
+        found = {name: m for name, m in modules.named_modules() if isinstance(m, _MODULES)}
         return dict(sorted(found.items(), key=lambda item: ckpt.natural_key(item[0])))
     items = list(modules.items()) if isinstance(modules, Mapping) else [(str(i), m) for i, m in enumerate(modules)]
-    out: dict[str, _Connection] = {}
+    out: dict[str, Any] = {}
     for name, m in items:
-        if not isinstance(m, _Connection):
+        if not isinstance(m, _MODULES):
             raise TypeError(f"modules[{name!r}]: expected an hcref_mlx connection module, got {type(m).__name__}")
         out[name] = m
     return out
@@ -78,10 +88,10 @@ def save(
     ckpt.save(path, ckpt.with_stats(found, recorder) if recorder is not None else found, metadata=metadata)
 
 
-def load(path: ckpt.PathLike, *, dtype: Any = None) -> dict[str, _Connection]:
+def load(path: ckpt.PathLike, *, dtype: Any = None) -> dict[str, Any]:
     """New connection modules built from the checkpoint at ``path`` (name -> module, stack order),
     with the file's parameters; ``dtype`` defaults to the file's (float16/32/64)."""
-    out: dict[str, _Connection] = {}
+    out: dict[str, Any] = {}
     for site in ckpt.load(path):
         args, kwargs = ckpt.module_arguments(site)
         module = _CLASSES[site.family](*args, **kwargs, dtype=dtype or _DTYPES[next(iter(site.params.values())).dtype])
@@ -102,7 +112,7 @@ def load_into(modules: Modules, path: ckpt.PathLike) -> None:
         _assign(module, site)
 
 
-def _assign(module: _Connection, site: ckpt.Site) -> None:
+def _assign(module: Any, site: ckpt.Site) -> None:
     for key, value in site.params.items():
         array = np.asarray(value)
         target = module[key].dtype
@@ -127,12 +137,13 @@ def record(modules: Modules, run: Callable[[], Any]) -> ckpt.Recorder:
     """
     found = connections(modules)
     recorder = ckpt.Recorder(sites(found))
-    for name, module in found.items():
+    tapped = {name: module for name, module in found.items() if hasattr(module, "width")}  # not the mHC head
+    for name, module in tapped.items():
         object.__setattr__(module, "width", _tap(recorder, name, module.width))
     try:
         run()
     finally:
-        for module in found.values():
+        for module in tapped.values():
             object.__delattr__(module, "width")
     return recorder
 
