@@ -4,22 +4,20 @@ NumPy only (the torch glue, which reads and builds lucidrains' modules, is
 ``hcref_torch.lucidrains``). One lucidrains site (``HyperConnections(num_residual_streams, dim=...)``)
 has these state-dict entries; with ``num_fracs = 1`` (HC) they map one to one:
 
-==========================  ===========================  ============================================
-lucidrains                  hcref HC                     how
-==========================  ===========================  ============================================
-``static_alpha`` (n, n+1)   ``A_m`` (n), ``A_r`` (n, n)  column 0 is ``A_m``, columns 1.. are ``A_r``
-                                                         (same packing ``[A_m | A_r]``, HC paper Alg. 2)
-``static_beta`` (n)         ``B`` (n)                    as is
-``dynamic_alpha_fn`` (d,n+1) ``W_alpha`` (d, n+1)        as is
-``dynamic_beta_fn`` (d)     ``W_beta`` (d)               as is
-``dynamic_alpha_scale`` ()  ``s_alpha`` ()               as is
-``dynamic_beta_scale`` ()   ``s_beta`` ()                as is
-``norm.gamma`` (d)          ``norm_weight`` (d)          ``norm_weight = gamma + 1`` with ``norm="rmsnorm"``
-constructor ``tanh``        option ``use_tanh``          not in the state dict: pass it (default True)
-constructor ``layer_index`` ``layer_index``              not in the state dict; it only sets the init
-                                                         (``A_m = e_(k mod n)`` in both; lucidrains picks
-                                                         a random stream when it is not given)
-==========================  ===========================  ============================================
+| lucidrains | hcref HC | how |
+|---|---|---|
+| ``static_alpha`` (n, n+1) | ``A_m`` (n), ``A_r`` (n, n) | column 0, columns 1.. (HC paper Alg. 2's packing) |
+| ``static_beta`` (n) | ``B`` (n) | as is |
+| ``dynamic_alpha_fn`` (d, n+1) | ``W_alpha`` (d, n+1) | as is |
+| ``dynamic_beta_fn`` (d) | ``W_beta`` (d) | as is |
+| ``dynamic_alpha_scale`` () | ``s_alpha`` () | as is |
+| ``dynamic_beta_scale`` () | ``s_beta`` () | as is |
+| ``norm.gamma`` (d) | ``norm_weight`` (d) | ``norm_weight = gamma + 1``, with ``norm="rmsnorm"`` |
+| constructor ``tanh`` | option ``use_tanh`` | not in the state dict: pass it (default True) |
+| constructor ``layer_index`` | ``layer_index`` | not in the state dict; it only sets the init |
+
+The layer index places the initial read ``A_m = e_(k mod n)`` in both (lucidrains picks a random
+stream when it is not given); converted sites take their position in the stack unless told.
 
 The one numerical difference: lucidrains' RMSNorm is ``F.normalize(x) * sqrt(d) * (gamma + 1)``,
 i.e. ``x / max(||x||, 1e-12) * sqrt(d)``, with no epsilon inside the root, while hcref's
