@@ -4,31 +4,36 @@ residuals, Hyper-Connections or Frac-Connections (hcref_jax, Flax NNX), trained 
     python examples/jax_gpt.py --mode hc --rate 4 --steps 300
     python examples/jax_gpt.py --mode fc --rate 2
     python examples/jax_gpt.py --mode residual
+    python examples/jax_gpt.py --mode residual hc fc --seeds 3 --plot curves.png   # mean +- spread
+    python examples/jax_gpt.py --mode hc --save hc.safetensors && python -m hcref.viz hc.safetensors
 
 The same model as examples/torch_gpt.py. Every attention and every MLP sublayer is one residual
 site (Pre-Norm: the sublayer carries its own LayerNorm). ``hc``: ``Expand(n)`` after the embedding,
 one ``HyperConnections`` per sublayer with ``layer_index`` counting sublayers, ``Reduce()`` before
 the final norm. ``fc``: ``FracSplit(m)``, one ``FracConnections`` per sublayer, ``FracMerge()``.
 The training step is one ``jax.jit``-ed pure function of the model's split state (``nnx.split`` /
-``nnx.merge``) and the optax state.
+``nnx.merge``) and the optax state. The last 10% of the text is held out: the validation loss on
+it is printed every ``--eval-every`` steps (see examples/_gpt_common.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import hcref_jax
+import hcref_jax.checkpoint
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-DATA = Path(__file__).resolve().parent / "data" / "tiny.txt"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _gpt_common as common
 
 
 class Attention(nnx.Module):
@@ -114,56 +119,77 @@ def train(
     batch: int = 16,
     lr: float = 3e-3,
     log_every: int = 50,
+    eval_every: int = 50,
+    eval_batches: int = 4,
+    save: Path | None = None,
     verbose: bool = True,
-) -> list[float]:
-    """Train for ``steps`` steps; returns the training loss of every step."""
-    rate = rate if rate is not None else {"hc": 4, "fc": 2}.get(mode, 1)
-    text = DATA.read_text()
-    chars = sorted(set(text))
-    lookup = {c: i for i, c in enumerate(chars)}
-    data = np.array([lookup[c] for c in text], dtype=np.int32)
+) -> common.Run:
+    """Train for ``steps`` steps; returns the run (training loss of every step, validation loss at
+    steps ``0, eval_every, 2 eval_every, ...`` and the last). ``save``: write the connections (hc/fc)
+    as an hcref checkpoint, with their mean coefficients recorded on one held-out batch."""
+    rate = common.default_rate(mode, rate)
+    chars, data, val_ids = common.load_data()
+    val = common.val_windows(val_ids, context=context, batch=batch, batches=eval_batches)
     model = GPT(len(chars), d=d, layers=layers, heads=heads, context=context, mode=mode, rate=rate,
                 rngs=nnx.Rngs(seed))
     graphdef, params = nnx.split(model)
     tx = optax.adamw(lr, weight_decay=0.0)
     opt_state = tx.init(params)
 
+    def loss_fn(params: Any, xb: jax.Array, yb: jax.Array) -> jax.Array:
+        logits = nnx.merge(graphdef, params)(xb)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
     @jax.jit
     def step_fn(params: Any, opt_state: Any, xb: jax.Array, yb: jax.Array) -> tuple[Any, Any, jax.Array]:
-        def loss_fn(params: Any) -> jax.Array:
-            logits = nnx.merge(graphdef, params)(xb)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
+        loss, grads = jax.value_and_grad(loss_fn)(params, xb, yb)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
+    eval_fn = jax.jit(loss_fn)
     rng = np.random.default_rng(seed)
     offsets = np.arange(context)
-    losses: list[float] = []
+    run = common.Run(mode, rate, seed, params=sum(x.size for x in jax.tree_util.tree_leaves(params)))
     start = time.perf_counter()
     for step in range(steps):
         ix = rng.integers(0, len(data) - context - 1, size=batch)
         xb, yb = data[ix[:, None] + offsets], data[ix[:, None] + offsets + 1]
         params, opt_state, loss = step_fn(params, opt_state, xb, yb)
-        losses.append(float(loss))
+        run.train.append(float(loss))
+        if common.is_eval_step(step, steps, eval_every):
+            run.val.append((step, sum(float(eval_fn(params, x, y)) for x, y in val) / len(val)))
         if verbose and (step % log_every == 0 or step == steps - 1):
-            print(f"step {step:4d}  loss {losses[-1]:.4f}  ({time.perf_counter() - start:.1f}s)")
+            shown = f"  val {run.val[-1][1]:.4f}" if run.val and run.val[-1][0] == step else ""
+            print(f"step {step:4d}  loss {run.train[-1]:.4f}{shown}  ({time.perf_counter() - start:.1f}s)")
+    run.seconds = time.perf_counter() - start
+    if save is not None and mode != "residual":
+        save.parent.mkdir(parents=True, exist_ok=True)
+        trained = nnx.merge(graphdef, params)
+        recorder = hcref_jax.checkpoint.record(trained, lambda: jax.jit(lambda x: trained(x))(val[0][0]))
+        meta = {"example": "jax_gpt", "mode": mode, "seed": str(seed), "steps": str(steps),
+                "val_loss": f"{run.final_val:.6f}"}
+        hcref_jax.checkpoint.save(save, trained, recorder=recorder, metadata=meta)
     if verbose:
-        count = sum(x.size for x in jax.tree_util.tree_leaves(params))
         uniform = math.log(len(chars))
-        print(f"mode={mode} rate={rate} params={count} final loss {losses[-1]:.4f} (uniform: {uniform:.4f})")
-    return losses
+        print(f"mode={mode} rate={rate} seed={seed} params={run.params} final loss {run.train[-1]:.4f} "
+              f"val loss {run.final_val:.4f} (uniform: {uniform:.4f}) {run.seconds:.1f}s"
+              + (f", checkpoint {save}" if save is not None and mode != "residual" else ""))
+    return run
 
 
-def main(argv: list[str] | None = None) -> list[float]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=("residual", "hc", "fc"), default="hc")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--rate", type=int, default=None, help="n for hc (default 4), m for fc (default 2)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    return train(args.mode, steps=args.steps, rate=args.rate, seed=args.seed)
+def main(argv: list[str] | None = None) -> list[common.Run]:
+    args = common.parser(__doc__).parse_args(argv)
+    several = len(args.mode) * args.seeds > 1
+    runs = []
+    for mode in args.mode:
+        for seed in range(args.seed, args.seed + args.seeds):
+            save = common.checkpoint_path(args.save, mode, seed, several) if args.save else None
+            runs.append(train(mode, steps=args.steps, rate=args.rate, seed=seed, eval_every=args.eval_every,
+                              log_every=args.steps if several else 50, save=save))
+    print(common.summarize(runs))
+    if args.plot:
+        print(f"loss curves: {common.plot(runs, args.plot, 'jax_gpt')}")
+    return runs
 
 
 if __name__ == "__main__":

@@ -5,31 +5,36 @@ device (tested on the Linux CPU build, `mlx[cpu]`).
     python examples/mlx_gpt.py --mode hc --rate 4 --steps 300
     python examples/mlx_gpt.py --mode fc --rate 2
     python examples/mlx_gpt.py --mode residual
+    python examples/mlx_gpt.py --mode residual hc fc --seeds 3 --plot curves.png   # mean +- spread
+    python examples/mlx_gpt.py --mode hc --save hc.safetensors && python -m hcref.viz hc.safetensors
 
 The same model as examples/torch_gpt.py. Every attention and every MLP sublayer is one residual
 site (Pre-Norm: the sublayer carries its own LayerNorm). ``hc``: ``Expand(n)`` after the
 embedding, one ``HyperConnections`` per sublayer with ``layer_index`` counting sublayers,
 ``Reduce()`` before the final norm. ``fc``: ``FracSplit(m)``, one ``FracConnections`` per
 sublayer, ``FracMerge()``. The training step (forward, backward, AdamW update) is one
-``mx.compile``d function.
+``mx.compile``d function. The last 10% of the text is held out: the validation loss on it is
+printed every ``--eval-every`` steps (see examples/_gpt_common.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import hcref_mlx
+import hcref_mlx.checkpoint
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten
 
-DATA = Path(__file__).resolve().parent / "data" / "tiny.txt"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _gpt_common as common
 
 
 class Attention(nn.Module):
@@ -113,14 +118,19 @@ def train(
     batch: int = 16,
     lr: float = 3e-3,
     log_every: int = 50,
+    eval_every: int = 50,
+    eval_batches: int = 4,
+    save: Path | None = None,
     verbose: bool = True,
-) -> list[float]:
-    """Train for ``steps`` steps; returns the training loss of every step."""
-    rate = rate if rate is not None else {"hc": 4, "fc": 2}.get(mode, 1)
+) -> common.Run:
+    """Train for ``steps`` steps; returns the run (training loss of every step, validation loss at
+    steps ``0, eval_every, 2 eval_every, ...`` and the last). ``save``: write the connections (hc/fc)
+    as an hcref checkpoint, with their mean coefficients recorded on one held-out batch."""
+    rate = common.default_rate(mode, rate)
     mx.random.seed(seed)
-    text = DATA.read_text()
-    chars = sorted(set(text))
-    data = np.array([chars.index(c) for c in text], dtype=np.int32)
+    chars, data, val_ids = common.load_data()
+    val = [(mx.array(x), mx.array(y))
+           for x, y in common.val_windows(val_ids, context=context, batch=batch, batches=eval_batches)]
     model = GPT(len(chars), d=d, layers=layers, heads=heads, context=context, mode=mode, rate=rate)
     mx.eval(model.parameters())
     opt = optim.AdamW(learning_rate=lr, weight_decay=0.0, bias_correction=True)  # as torch.optim.AdamW
@@ -137,9 +147,10 @@ def train(
         return loss
 
     step = mx.compile(step, inputs=state, outputs=state)
+    evaluate = mx.compile(lambda xb, yb: loss_fn(model, xb, yb), inputs=state)
     rng = np.random.default_rng(seed)
     offsets = np.arange(context)
-    losses: list[float] = []
+    run = common.Run(mode, rate, seed, params=sum(p.size for _, p in tree_flatten(model.parameters())))
     start = time.perf_counter()
     for i in range(steps):
         ix = rng.integers(0, len(data) - context - 1, size=batch)
@@ -147,24 +158,40 @@ def train(
         yb = mx.array(data[ix[:, None] + offsets + 1])
         loss = step(xb, yb)
         mx.eval(loss, state)
-        losses.append(loss.item())
+        run.train.append(loss.item())
+        if common.is_eval_step(i, steps, eval_every):
+            run.val.append((i, sum(evaluate(x, y).item() for x, y in val) / len(val)))
         if verbose and (i % log_every == 0 or i == steps - 1):
-            print(f"step {i:4d}  loss {losses[-1]:.4f}  ({time.perf_counter() - start:.1f}s)")
+            shown = f"  val {run.val[-1][1]:.4f}" if run.val and run.val[-1][0] == i else ""
+            print(f"step {i:4d}  loss {run.train[-1]:.4f}{shown}  ({time.perf_counter() - start:.1f}s)")
+    run.seconds = time.perf_counter() - start
+    if save is not None and mode != "residual":
+        save.parent.mkdir(parents=True, exist_ok=True)
+        recorder = hcref_mlx.checkpoint.record(model, lambda: mx.eval(model(val[0][0])))
+        meta = {"example": "mlx_gpt", "mode": mode, "seed": str(seed), "steps": str(steps),
+                "val_loss": f"{run.final_val:.6f}"}
+        hcref_mlx.checkpoint.save(save, model, recorder=recorder, metadata=meta)
     if verbose:
-        params = sum(p.size for _, p in tree_flatten(model.parameters()))
         uniform = math.log(len(chars))
-        print(f"mode={mode} rate={rate} params={params} final loss {losses[-1]:.4f} (uniform: {uniform:.4f})")
-    return losses
+        print(f"mode={mode} rate={rate} seed={seed} params={run.params} final loss {run.train[-1]:.4f} "
+              f"val loss {run.final_val:.4f} (uniform: {uniform:.4f}) {run.seconds:.1f}s"
+              + (f", checkpoint {save}" if save is not None and mode != "residual" else ""))
+    return run
 
 
-def main(argv: list[str] | None = None) -> list[float]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=("residual", "hc", "fc"), default="hc")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--rate", type=int, default=None, help="n for hc (default 4), m for fc (default 2)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    return train(args.mode, steps=args.steps, rate=args.rate, seed=args.seed)
+def main(argv: list[str] | None = None) -> list[common.Run]:
+    args = common.parser(__doc__).parse_args(argv)
+    several = len(args.mode) * args.seeds > 1
+    runs = []
+    for mode in args.mode:
+        for seed in range(args.seed, args.seed + args.seeds):
+            save = common.checkpoint_path(args.save, mode, seed, several) if args.save else None
+            runs.append(train(mode, steps=args.steps, rate=args.rate, seed=seed, eval_every=args.eval_every,
+                              log_every=args.steps if several else 50, save=save))
+    print(common.summarize(runs))
+    if args.plot:
+        print(f"loss curves: {common.plot(runs, args.plot, 'mlx_gpt')}")
+    return runs
 
 
 if __name__ == "__main__":

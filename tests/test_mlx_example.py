@@ -27,10 +27,13 @@ def _load(relpath: str) -> ModuleType:
 @pytest.mark.parametrize(("mode", "rate"), [("residual", None), ("hc", 4), ("hc", 2), ("fc", 2)])
 def test_gpt_loss_is_finite_and_decreases(mode: str, rate: int | None) -> None:
     gpt = _load("examples/mlx_gpt.py")
-    losses = gpt.train(mode, steps=20, rate=rate, seed=0, d=32, context=32, verbose=False)
-    assert len(losses) == 20
-    assert all(math.isfinite(x) for x in losses)
-    assert sum(losses[-5:]) / 5 < losses[0] - 0.3
+    run = gpt.train(mode, steps=20, rate=rate, seed=0, d=32, context=32, verbose=False, eval_every=10, eval_batches=1)
+    assert len(run.train) == 20
+    assert all(math.isfinite(x) for x in run.train)
+    assert sum(run.train[-5:]) / 5 < run.train[0] - 0.3
+    assert [step for step, _ in run.val] == [0, 10, 19]
+    assert all(math.isfinite(x) for _, x in run.val)
+    assert run.val[-1][1] < run.val[0][1] - 0.3
 
 
 def test_gpt_connections_are_hcref_modules_with_contract_keys() -> None:
@@ -47,9 +50,16 @@ def test_gpt_connections_are_hcref_modules_with_contract_keys() -> None:
         gpt.GPT(10, d=16, layers=1, heads=2, context=8, mode="dense", rate=2)
 
 
-def test_gpt_main_prints_the_loss(capsys: pytest.CaptureFixture[str]) -> None:
+def test_gpt_main_prints_the_loss_and_saves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import hcref.checkpoint
+
     gpt = _load("examples/mlx_gpt.py")
-    losses = gpt.main(["--mode", "fc", "--steps", "3", "--rate", "4", "--seed", "1"])
-    assert len(losses) == 3
+    path = tmp_path / "hc.safetensors"
+    runs = gpt.main(["--mode", "hc", "--steps", "3", "--rate", "3", "--seed", "1", "--save", str(path)])
+    assert len(runs) == 1 and len(runs[0].train) == 3
     out = capsys.readouterr().out
-    assert "step    0  loss" in out and "mode=fc rate=4" in out
+    assert "step    0  loss" in out and "val" in out and "mode=hc rate=3" in out
+    sites = hcref.checkpoint.load(path)
+    expected = [(f"connections.{k}", "hc", 3, k) for k in range(4)]
+    assert [(s.name, s.family, s.rate, s.layer_index) for s in sites] == expected
+    assert all(s.stats_tokens == 16 * 64 for s in sites)
