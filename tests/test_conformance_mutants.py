@@ -1,9 +1,9 @@
 """The conformance suite catches broken backends: every mutant in ``tests/mutants`` fails,
-and a failure names the broken op (with a repro snippet).
+a failure names the broken op (with a repro snippet) and, where a named property covers the
+mistake, that property departs; the exact D12 port the newer mutants start from passes.
 
-Each mutant runs in a fresh interpreter (``python -m hcref_conformance``), float64 only
-(every mutant is visible there), few examples and no shrinking, so the whole file takes
-well under a minute.
+Each mutant runs in a fresh interpreter (``python -m hcref_conformance``) in the dtype that
+shows its mistake (float64 for most), few examples and no shrinking.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def run_suite(backend: str, tmp_path: Path, *options: str) -> tuple[subprocess.C
 @pytest.mark.parametrize("name", sorted(MUTANTS))
 def test_mutant_is_caught(name: str, tmp_path: Path) -> None:
     mutant = MUTANTS[name]
-    done, report = run_suite(f"mutants:{name}", tmp_path, "--dtypes", "float64", "--max-examples", "4",
+    done, report = run_suite(f"mutants:{name}", tmp_path, "--dtypes", mutant.dtypes, "--max-examples", "4",
                              "--no-shrink")
     assert done.returncode == 1, f"{name} ({mutant.description}) was not caught:\n{done.stdout[-3000:]}"
     assert report["totals"]["failed"] > 0
@@ -49,16 +49,28 @@ def test_mutant_is_caught(name: str, tmp_path: Path) -> None:
     message = blamed[0]["message"]
     assert f"op {mutant.broken_op} " in message, message
     assert f"on backend {mutant.name} " in message.splitlines()[0]
-    assert "dtype float64, device cpu" in message and "inputs: " in message
+    assert f"dtype {mutant.dtypes}, device cpu" in message and "inputs: " in message
     if "max abs error" in message:  # a value mismatch: the worst index and the tolerance in force
         assert "at index" in message and "max rel error" in message and "tolerance: rtol" in message
     assert f"load_backend('mutants:{name}')" in message, "the repro snippet does not load the backend under test"
     assert f"op {mutant.broken_op}" in done.stdout, "the terminal output does not name the broken op"
-    row = [r for r in report["rows"] if r["op"] == mutant.broken_op and r["dtype"] == "float64"]
+    row = [r for r in report["rows"] if r["op"] == mutant.broken_op and r["dtype"] == mutant.dtypes]
     assert row and row[0]["status"] == "FAIL"
+    if mutant.broken_property:
+        verdicts = {p["id"]: p["verdict"] for p in report["properties"]}
+        assert verdicts[mutant.broken_property] in ("departs", "error"), verdicts
+    assert "Falsifying example" not in done.stdout and "Recorder(" not in done.stdout  # no fixture reprs
+
+
+def test_exact_port_passes_the_new_cases(tmp_path: Path) -> None:
+    """The ideal D12 port the newer mutants start from fails none of the cases they are caught by."""
+    done, report = run_suite("mutants:exact", tmp_path, "--dtypes", "float64,float32,float16,mixed",
+                             "--max-examples", "3", "--no-shrink")
+    assert done.returncode == 0, done.stdout[-6000:]
+    assert all(p["verdict"] in ("holds", "n/a") for p in report["properties"]), report["properties"]
 
 
 def test_there_are_enough_distinct_mutants() -> None:
-    assert len(MUTANTS) >= 12
+    assert len(MUTANTS) >= 22
     assert len({m.description for m in MUTANTS.values()}) == len(MUTANTS)
     assert len({type(m) for m in MUTANTS.values()}) == len(MUTANTS)
