@@ -267,7 +267,13 @@ def check_composite(subject: Subject, case: Case, dtype: str) -> float:
     fam = FAMILIES[family]
     state_dtype = subject.half if dtype == MIXED else dtype
     param_dtype = "float32" if dtype == MIXED else dtype
-    state_np, params_np, subs_np = composite_inputs(case, subject)
+    try:
+        state_np, params_np, subs_np = composite_inputs(case, subject)
+    except NotApplicable:
+        raise
+    except Exception as exc:  # the port's own initialiser raised
+        ctx = _context(subject, case, dtype, kind, [], [], [])
+        raise ctx.fail(f"the port's init_{family} raised {type(exc).__name__}: {exc}", reason="exception") from exc
     state, *params = to_backend(backend, [state_np, *params_np], [state_dtype] + [param_dtype] * len(params_np),
                                 device)
     state_r, *params_r = to_reference(backend, [state, *params])
@@ -293,7 +299,14 @@ def check_composite(subject: Subject, case: Case, dtype: str) -> float:
     else:
         ref, ref_tape = residual_stack(state_r, T_ref), ()
     check_range(state_dtype, [ref])
-    ideal_grads = _ideal_gate(case, state_dtype, state_r, params_r, T_ref, ref, contraction)
+    # The gate measures the case's conditioning at the specification's parameters: at init those
+    # of decision D2, whatever the port's own initialiser returned.
+    ideal_params = params_r
+    if kind == "prenorm":
+        ideal_params = to_reference(backend, to_backend(backend, [
+            case.with_gates(fam.init(case.k, case.w, case.layer_index + i, dynamic=case.dynamic, norm=case.norm))
+            for i in range(len(params_r))], param_dtype, device))
+    ideal_grads = _ideal_gate(case, state_dtype, state_r, ideal_params, T_ref, ref, contraction)
     fwd_tol = tolerance(state_dtype, "forward", contraction=contraction, composite=True)
     if kind == "prenorm":
         out = _call(ctx, "network", lambda: subject.network(family, case.k, state, params, T_native, opts))

@@ -252,9 +252,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     mixed = getattr(metafunc.function, "hcref_mixed", None)
     if mixed is not None:
-        metafunc.parametrize(("op", "case"), [
-            pytest.param(op, case, id=f"{op}-{name}") for op in mixed for name, case in mixed_cases(op, support)
-            if state.mixed])
+        reason = state.subject.mixed_reason() or ("" if state.mixed else "mixed precision not selected")
+        if reason:
+            params = [pytest.param(op, None, id=f"{op}-mixed", marks=pytest.mark.skip(reason=f"n/a: {reason}"))
+                      for op in mixed]
+        else:
+            params = [pytest.param(op, case, id=f"{op}-{name}") for op in mixed
+                      for name, case in mixed_cases(op, support)]
+        metafunc.parametrize(("op", "case"), params)
         return
     if "dtype" not in metafunc.fixturenames:
         return

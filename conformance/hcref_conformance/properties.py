@@ -221,12 +221,13 @@ def _beyond_four(family: str) -> Callable[[Subject, str], Verdict]:
         rng = np.random.default_rng(8)
         read_value = rng.standard_normal(k) if family == "hc" else rng.standard_normal((k, k))
         p = _params(run.fam, k, 1, dynamic, norm, **{read: read_value, mix: rng.standard_normal((k, k)),
-                                                     write: rng.standard_normal(k)})
+                                                     write: np.zeros(k)})
         H = np.arange(1.0, k + 1)[:, None]
         text = f"{run.fam.rows}=8, {run.fam.cols}=1, one token, H = [[1], ..., [8]], random static " \
-               f"{read}, {mix}, {write} (seed 8), branch T(h) = h"
-        got, ref, _, _ = run.site(H, p, "identity", {}, _options(norm))
-        return _verdict(text, dtype, lambda: _compare(got, ref, dtype, "H_out"))
+               f"{read}, {mix} (seed 8), {write} = 0: the read h0 and the residual H_out"
+        got, ref, T, T_ref = run.site(H, p, "identity", {}, _options(norm))
+        return _verdict(text, dtype, lambda: max(_compare(T.inputs[-1], T_ref.inputs[-1], dtype, "h0 (the read)"),
+                                                 _compare(got, ref, dtype, "H_out (the mix)")))
     return check
 
 
@@ -528,8 +529,9 @@ def run_property(subject: Subject, prop: Property, selected: Sequence[str] | Non
     if prop.family not in subject.support.families:
         raise NotApplicable(f"family {prop.family} not declared")
     if prop.id.endswith("-mixed"):
-        if not mixed:
-            raise NotApplicable("mixed precision not selected")
+        reason = subject.mixed_reason() or ("" if mixed else "mixed precision not selected")
+        if reason:
+            raise NotApplicable(reason)
         return prop.check(subject, "mixed")
     return prop.check(subject, property_dtype(prop, subject.dtypes if selected is None else selected))
 

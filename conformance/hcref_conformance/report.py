@@ -217,9 +217,11 @@ def write_json(path: str, doc: dict[str, Any]) -> None:
         handle.write("\n")
 
 
-def markdown(doc: dict[str, Any]) -> str:
-    """The report as Markdown: header, summary table, properties, n/a counts, every failure."""
-    lines = [f"# hcref conformance: {doc.get('name')} {doc.get('version')} ({doc.get('framework_version')})", ""]
+def markdown(doc: dict[str, Any], level: int = 1) -> str:
+    """The report as Markdown: header, summary table, properties, n/a counts, every failure
+    (``level``: the heading level of its title)."""
+    h = "#" * level
+    lines = [f"{h} hcref conformance: {doc.get('name')} {doc.get('version')} ({doc.get('framework_version')})", ""]
     dtypes = ", ".join(doc.get("dtypes", []))
     lines.append(f"- port: `{doc.get('backend')}`; device {doc.get('device')}; dtypes {dtypes}")
     lines.append(f"- profile {doc.get('profile')}, {doc.get('max_examples')} examples per test, seed "
@@ -229,7 +231,7 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(f"- composite VJPs: {doc['composite_vjp']}")
     totals = doc.get("totals", {})
     lines.append("- totals: " + ", ".join(f"{v} {k}" for k, v in totals.items() if v))
-    lines += ["", "## Summary", "", "| op | dtype | " + " | ".join(COLUMNS) + " | worst err/tol | status |",
+    lines += ["", f"{h}# Summary", "", "| op | dtype | " + " | ".join(COLUMNS) + " | worst err/tol | status |",
               "|---|---|" + "---|" * len(COLUMNS) + "---|---|"]
     for row in doc.get("rows", []):
         cells = " | ".join(row["checks"].get(c, {}).get("status", "") for c in COLUMNS)
@@ -241,15 +243,15 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += ["", f"n/a (not declared by the port; never pass or FAIL): {na['total']} tests", ""]
         lines += [f"- {reason}: {count}" for reason, count in na["reasons"].items()]
     if doc.get("properties"):
-        lines += ["", "## Named properties", "", "| property | source | verdict | input (the smallest that shows it) "
+        lines += ["", f"{h}# Named properties", "", "| property | source | verdict | input (the smallest that shows it) "
                   "| what differs |", "|---|---|---|---|---|"]
         for p in doc["properties"]:
             lines.append(f"| {p['name']} | {p['source']} | {p['verdict']} | {p['input']} | {p['detail']} |")
     failures = doc.get("failures", [])
     if failures:
-        lines += ["", f"## Failures ({len(failures)} distinct)", ""]
+        lines += ["", f"{h}# Failures ({len(failures)} distinct)", ""]
         for f in failures:
-            lines.append(f"### {f['op']} {f['check']} {f['dtype']}: [{f['reason']}] {f['label']}, {f['magnitude']}")
+            lines.append(f"{h}## {f['op']} {f['check']} {f['dtype']}: [{f['reason']}] {f['label']}, {f['magnitude']}")
             lines.append("")
             lines.append(f"{f['count']} failing examples; worst err/tol {_fmt_ratio(f['worst_ratio'])}; "
                          f"smallest input `{f['case']}`")

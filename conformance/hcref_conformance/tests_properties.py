@@ -38,7 +38,7 @@ def test_prenorm_special(suite: Context, dtype: str, op: str, case: Case, reques
 
 
 @pytest.mark.parametrize("prop", [pytest.param(p, id=p.id) for p in PROPERTIES])
-def test_property(suite: Context, prop: Property) -> None:
+def test_property(suite: Context, prop: Property, request: Any) -> None:
     try:
         verdict = run_property(suite.subject, prop, suite.dtypes, suite.mixed)
     except NotApplicable as exc:
@@ -46,8 +46,13 @@ def test_property(suite: Context, prop: Property) -> None:
         pytest.skip(f"n/a: {exc}")
     record_property(suite, prop, verdict)
     if verdict.verdict.startswith("departs (declared"):
-        pytest.skip(f"n/a: declared variant; {prop.name}: {verdict.detail}")
+        pytest.skip(f"n/a: a declared variant departs from {prop.source}")
     if verdict.failed:
-        pytest.fail(f"property departs: {prop.name} ({prop.source})\n  on backend {suite.subject.label}, "
-                    f"dtype {verdict.dtype}\n  input: {verdict.input}\n  {verdict.verdict}: {verdict.detail}",
-                    pytrace=False)
+        message = (f"property departs: {prop.name} ({prop.source})\n  on backend {suite.subject.label}, "
+                   f"dtype {verdict.dtype}\n  input: {verdict.input}\n  {verdict.verdict}: {verdict.detail}")
+        reason = "exception" if verdict.verdict == "error" else "dtype" if "dtype" in verdict.detail else "value"
+        suite.recorder.failure({
+            "nodeid": request.node.nodeid, "op": prop.id, "dtype": verdict.dtype, "check": "property",
+            "reason": reason, "label": prop.name, "magnitude": "-", "count": 1, "worst_ratio": verdict.ratio,
+            "worst_case": verdict.input, "case": verdict.input, "message": message})
+        pytest.fail(message, pytrace=False)
