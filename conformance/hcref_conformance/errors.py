@@ -88,6 +88,21 @@ BAD_INPUTS: list[tuple[str, str, tuple[Any, ...], dict[str, Any]]] = [
 broadcasts them silently fails)."""
 
 
+def _undeclared(support: Any, op: str, args: tuple[Any, ...], options: dict[str, Any]) -> str | None:
+    """Why a bad input needs what the port does not declare (apart from its one bad part)."""
+    from hcref.validation import NORMS
+
+    if any(isinstance(a, dict) and "W_alpha" in a for a in args) and "dynamic" not in support.modes:
+        return "dynamic coefficients not declared"
+    if op.endswith("_coeffs"):
+        norm = options.get("norm", "layernorm")
+        if norm in NORMS and norm not in support.norms:
+            return f"norm {norm!r} not declared"
+        if any(options.get(s) is False and s not in support.switches for s in ("use_tanh", "use_norm", "use_scale")):
+            return "a switch that is not declared"
+    return None
+
+
 def _expected(op: str, args: tuple[Any, ...], options: dict[str, Any]) -> BaseException:
     call: Callable[..., Any] = getattr(hcref, op)
     try:
@@ -117,8 +132,9 @@ def check_bad_input(backend: Any, op: str, case_id: str, *, dtype: str, device: 
     if not subject.support.has_op(op):
         raise NotApplicable(f"op {op} not declared")
     ((_, _, args, options),) = [c for c in BAD_INPUTS if c[1] == op and c[0] == case_id]
-    if any(isinstance(a, dict) and "W_alpha" in a for a in args) and "dynamic" not in subject.support.modes:
-        raise NotApplicable("dynamic coefficients not declared")
+    reason = _undeclared(subject.support, op, args, options)
+    if reason:
+        raise NotApplicable(reason)
     expected = _expected(op, args, options)
     argument = str(expected).split(":", 1)[0].split("[", 1)[0]
     repro = "\n".join([

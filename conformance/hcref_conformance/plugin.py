@@ -331,7 +331,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             for item in matched:
                 item.add_marker(pytest.mark.skip(reason=reason) if mark == "skip"
                                 else pytest.mark.xfail(reason=reason, strict=False))
-    state.progress_total = len(items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if _STATE in session.config.stash:
+        _state(session.config).progress_total = len(session.items)
 
 
 @pytest.fixture(scope="session")

@@ -57,7 +57,7 @@ class Failures:
     groups: dict[tuple[str, str, str, str], Group] = field(default_factory=dict)
 
     def add(self, check: str, case: Case, error: ConformanceError) -> None:
-        key = (check, error.label, error.reason, magnitude(error.rel) if error.reason in ("value", "gradient") else "-")
+        key = (check, error.label, error.reason, _kind(error))
         if key not in self.groups:
             self.groups[key] = Group(check, error.label, error.reason, key[3], case, error)
         self.groups[key].add(case, error)
@@ -87,8 +87,13 @@ def attempt(ctx: Context, check: str, case: Case, dtype: str) -> float:
     return CHECKS[check](ctx.subject, case, dtype)
 
 
+def _kind(error: ConformanceError) -> str:
+    return magnitude(error.rel) if error.reason in ("value", "gradient") else "-"
+
+
 def _same(check: str, error: ConformanceError, target: Group) -> bool:
-    return error.label == target.label and error.reason == target.reason
+    """Whether ``error`` is the same distinct failure as ``target`` (output, reason, magnitude)."""
+    return error.label == target.label and error.reason == target.reason and _kind(error) == target.magnitude
 
 
 def shrink_candidates(case: Case) -> list[Case]:
