@@ -9,13 +9,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, seed, settings
-from hypothesis import strategies as st
-
-import hcref
-from hcref import network
-from hcref.checks import directional_check, random_params
-from hcref.interface import END_OPS, OP_NAMES, Support, missing_members, support_of
 from hcref_conformance import sublayer as sub
 from hcref_conformance.cases import Case
 from hcref_conformance.families import (
@@ -27,6 +20,13 @@ from hcref_conformance.families import (
     site_forward,
 )
 from hcref_conformance.strategies import PROFILES, draw_case, special_cases
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
+
+import hcref
+from hcref import network
+from hcref.checks import directional_check, random_params
+from hcref.interface import END_OPS, OP_NAMES, Support, missing_members, support_of
 
 
 @pytest.mark.parametrize("kind", sub.KINDS)

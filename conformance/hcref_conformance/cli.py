@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 def pytest_args(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
     """The pytest command line for one backend."""
     head = ["-p", "hcref_conformance.plugin", "-p", "no:cacheprovider", "--pyargs", "hcref_conformance",
-            "-q" if args.quiet else "-v", "--tb=short", "-rN"]
+            "-q" if args.quiet else "-v", "--tb=short", "-rN", "-o", f"faulthandler_timeout={STALL_SECONDS // 2}"]
     return head + _suite_options(args) + list(extra)
 
 
@@ -146,13 +146,18 @@ class _Progress:
             bar.close()
 
 
-def _read_progress(path: str) -> tuple[int, int]:
+STALL_SECONDS = 600
+"""``--all`` stops a backend that stays this long on one test (a hang in the framework) and
+names the test; ``pytest``'s ``faulthandler_timeout`` dumps its stack first."""
+
+
+def _read_progress(path: str) -> tuple[int, int, str]:
     try:
         with open(path, encoding="utf-8") as handle:
-            done, total = handle.read().split()
-        return int(done), int(total)
+            done, total, *current = handle.read().split(maxsplit=2)
+        return int(done), int(total), current[0].strip() if current else ""
     except (OSError, ValueError):
-        return 0, 0
+        return 0, 0, ""
 
 
 def run_all(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -176,6 +181,8 @@ def run_all(args: argparse.Namespace, extra: Sequence[str]) -> int:
     progress = _Progress()
     documents: dict[str, Any] = {}
     results: dict[str, tuple[int, float]] = {}
+    stalled: dict[str, str] = {}
+    watch: dict[str, tuple[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         running: dict[str, tuple[subprocess.Popen[bytes], float, str, str, str]] = {}
         queue = list(installed)
@@ -194,10 +201,17 @@ def run_all(args: argparse.Namespace, extra: Sequence[str]) -> int:
             time.sleep(0.5)
             states = {}
             for name, (process, start, report, log, progress_file) in list(running.items()):
-                done, total = _read_progress(progress_file)
-                seconds = time.perf_counter() - start
+                done, total, current = _read_progress(progress_file)
+                now = time.perf_counter()
+                seconds = now - start
                 states[name] = (done, total, seconds)
                 progress.update(name, done, total, seconds)
+                if watch.get(name, ("", 0.0))[0] != f"{done} {current}":
+                    watch[name] = (f"{done} {current}", now)
+                elif current and now - watch[name][1] > STALL_SECONDS and process.poll() is None:
+                    stalled[name] = current
+                    process.kill()
+                    process.wait()
                 if process.poll() is None:
                     continue
                 del running[name]
@@ -226,6 +240,9 @@ def run_all(args: argparse.Namespace, extra: Sequence[str]) -> int:
             if failing:
                 detail += "; failing: " + ", ".join(failing)
         verdict = "passed" if code == 0 else ("did not load" if code == 4 else "FAILED")
+        if name in stalled:
+            verdict = "STALLED"
+            detail = f"stopped after {STALL_SECONDS}s without progress in {stalled[name]}; " + detail
         status = status or code
         lines.append(f"  {name:<12} {verdict:<13} {seconds:7.1f}s  {detail}")
         summary.append({"backend": name, "status": verdict, "exitstatus": code, "seconds": round(seconds, 1)})

@@ -19,7 +19,7 @@ tests). Adding a family (mHC) is one :class:`Family` entry with its ``site_forwa
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,9 +34,47 @@ D1_EPS = {"layernorm": LAYERNORM_EPS, "rmsnorm": RMSNORM_EPS}
 """The norm epsilons of decision D1."""
 
 
+Tape = tuple[Any, ...]
+
+
+def width_depth_forward(ns: Any, family: Family, H: Any, params: Any, T: Callable[[Any], Any],
+                        options: Mapping[str, Any]) -> tuple[Any, Tape]:
+    """``H_out = depth(T(h0), H_res, beta)``, ``h0, H_res = width(H, alpha)``, ``alpha, beta =
+    coeffs(H, params)``; returns ``H_out`` and what :func:`site_backward` needs."""
+    alpha, beta = ns.call(family.coeffs, H, params, **options)
+    h0, H_res = ns.call(family.width, H, alpha)
+    y = T(h0)
+    return ns.call(family.depth, y, H_res, beta), (H, params, alpha, beta, h0, H_res, y)
+
+
+def width_depth_backward(ns: Any, family: Family, T_vjp: Callable[[Any, Any], Any], tape: Tape, g_out: Any,
+                         options: Mapping[str, Any]) -> tuple[Any, Any]:
+    """``(g_H, g_params)`` of :func:`width_depth_forward` by the chain rule over the ops' VJPs."""
+    H, params, alpha, beta, h0, H_res, y = tape
+    g_y, g_H_res, g_beta = ns.vjp(family.depth, (y, H_res, beta), (g_out,))
+    g_H_width, g_alpha = ns.vjp(family.width, (H, alpha), (T_vjp(h0, g_y), g_H_res))
+    g_H_coeffs, g_params = ns.vjp(family.coeffs, (H, params), (g_alpha, g_beta), **options)
+    return g_H_width + g_H_coeffs, g_params
+
+
+def site_forward(ns: Any, family: Family, H: Any, params: Any, T: Callable[[Any], Any],
+                 options: Mapping[str, Any]) -> tuple[Any, Tape]:
+    """One site of ``family`` over namespace ``ns``: ``(H_out, tape)``."""
+    return family.forward(ns, family, H, params, T, options)
+
+
+def site_backward(ns: Any, family: Family, T_vjp: Callable[[Any, Any], Any], tape: Tape, g_out: Any,
+                  options: Mapping[str, Any]) -> tuple[Any, Any]:
+    """``(g_H, g_params)`` of :func:`site_forward`."""
+    return family.backward(ns, family, T_vjp, tape, g_out, options)
+
+
 @dataclass(frozen=True)
 class Family:
-    """One family: its ops, ends, row/width names and initialiser."""
+    """One family: its ops, ends, row/width names, initialiser and the composition of its site
+    (``forward(ns, family, H, params, T, options) -> (H_out, tape)`` and ``backward(ns, family,
+    T_vjp, tape, g_out, options) -> (g_H, g_params)``; HC and FC share :func:`width_depth_forward`
+    / :func:`width_depth_backward`)."""
 
     name: str
     coeffs: str
@@ -46,6 +84,8 @@ class Family:
     end: str
     rows: str
     cols: str
+    forward: Callable[..., tuple[Any, Tape]] = field(default=None, compare=False)  # type: ignore[assignment]
+    backward: Callable[..., tuple[Any, Any]] = field(default=None, compare=False)  # type: ignore[assignment]
 
     @property
     def ops(self) -> tuple[str, ...]:
@@ -68,10 +108,15 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "hc": Family("hc", "hc_coeffs", "hc_width", "hc_depth", "expand", "reduce", "n", "d"),
-    "fc": Family("fc", "fc_coeffs", "fc_width", "fc_depth", "frac_split", "frac_merge", "m", "e"),
+    "hc": Family("hc", "hc_coeffs", "hc_width", "hc_depth", "expand", "reduce", "n", "d",
+                 width_depth_forward, width_depth_backward),
+    "fc": Family("fc", "fc_coeffs", "fc_width", "fc_depth", "frac_split", "frac_merge", "m", "e",
+                 width_depth_forward, width_depth_backward),
 }
-"""Every family the suite checks (mHC joins with its entry once the reference has it)."""
+"""Every family the suite checks. mHC joins with one entry (``mhc_coeffs``, ``mhc_pre``, ``mhc_post``,
+``expand``/``reduce``, :func:`hcref.init_mhc`, and a forward/backward pair ``h0 = mhc_pre(H,
+h_pre)``, ``H_out = mhc_post(T(h0), H, h_post, h_res)``) once ``hcref.optable.MHC_OPS`` is on main;
+a port then declares it in ``Support.families`` (only ``hcref_numpy`` would at first)."""
 
 
 def family_of(name: str) -> Family:
@@ -153,31 +198,6 @@ class PortOps:
             return function(*full, **options)
 
         return tuple(self.port.vjp(fn, [args[i] for i in positions], tuple(cotangents)))
-
-
-# --- composition --------------------------------------------------------------------------------
-
-Tape = tuple[Any, ...]
-
-
-def site_forward(ns: Any, family: Family, H: Any, params: Any, T: Callable[[Any], Any],
-                 options: Mapping[str, Any]) -> tuple[Any, Tape]:
-    """``H_out = depth(T(h0), H_res, beta)``, ``h0, H_res = width(H, alpha)``, ``alpha, beta =
-    coeffs(H, params)``; returns ``H_out`` and what :func:`site_backward` needs."""
-    alpha, beta = ns.call(family.coeffs, H, params, **options)
-    h0, H_res = ns.call(family.width, H, alpha)
-    y = T(h0)
-    return ns.call(family.depth, y, H_res, beta), (H, params, alpha, beta, h0, H_res, y)
-
-
-def site_backward(ns: Any, family: Family, T_vjp: Callable[[Any, Any], Any], tape: Tape, g_out: Any,
-                  options: Mapping[str, Any]) -> tuple[Any, Any]:
-    """``(g_H, g_params)`` of :func:`site_forward` by the chain rule over the ops' VJPs."""
-    H, params, alpha, beta, h0, H_res, y = tape
-    g_y, g_H_res, g_beta = ns.vjp(family.depth, (y, H_res, beta), (g_out,))
-    g_H_width, g_alpha = ns.vjp(family.width, (H, alpha), (T_vjp(h0, g_y), g_H_res))
-    g_H_coeffs, g_params = ns.vjp(family.coeffs, (H, params), (g_alpha, g_beta), **options)
-    return g_H_width + g_H_coeffs, g_params
 
 
 def network_forward(ns: Any, family: Family, k: int, x: Any, params: Sequence[Any],

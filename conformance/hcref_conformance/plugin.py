@@ -76,7 +76,7 @@ class State:
         ("passed", "failed", "skipped", "na", "xfailed", "xpassed", "error"), 0))
     progress_total: int = 0
     progress_done: int = 0
-    progress_written: float = 0.0
+    observer: Any = None
 
     @property
     def subject(self) -> Subject:
@@ -173,7 +173,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_STATE] = state
     from .compare import OBSERVERS
 
-    OBSERVERS.append(_observer(state))
+    state.observer = _observer(state)
+    OBSERVERS.append(state.observer)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave nothing behind for a later run in the same process (``hcref_conformance.run``)."""
+    from .compare import OBSERVERS
+
+    if _STATE in config.stash and config.stash[_STATE].observer in OBSERVERS:
+        OBSERVERS.remove(config.stash[_STATE].observer)
+    _CONFIG.pop("config", None)
 
 
 def _observer(state: State) -> Any:
@@ -399,22 +409,31 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                                 "worst_case": "", "case": "", "message": text[-4000:]})
 
 
-def pytest_runtest_logfinish(nodeid: str, location: Any) -> None:
+def _write_progress(nodeid: str) -> None:
+    """``done total current-test`` into ``HCREF_PROGRESS_FILE`` (what the main job shows and
+    watches: a backend that stays on one test too long is stopped and the test named)."""
     path = os.environ.get("HCREF_PROGRESS_FILE")
-    if not path:
-        return
     config = _CONFIG.get("config")
-    if config is None or _STATE not in config.stash:
+    if not path or config is None or _STATE not in config.stash:
         return
     state = _state(config)
-    state.progress_done += 1
-    now = time.perf_counter()
-    if now - state.progress_written > 0.5 or state.progress_done == state.progress_total:
-        state.progress_written = now
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(f"{state.progress_done} {state.progress_total}\n")
-        os.replace(tmp, path)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(f"{state.progress_done} {state.progress_total} {nodeid}\n")
+    os.replace(tmp, path)
+
+
+def pytest_runtest_logstart(nodeid: str, location: Any) -> None:
+    _write_progress(nodeid)
+
+
+def pytest_runtest_logfinish(nodeid: str, location: Any) -> None:
+    config = _CONFIG.get("config")
+    if config is not None and _STATE in config.stash:
+        state = _state(config)
+        state.progress_done += 1
+        if state.progress_done == state.progress_total:
+            _write_progress("")
 
 
 _CONFIG: dict[str, pytest.Config] = {}

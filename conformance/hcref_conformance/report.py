@@ -243,8 +243,9 @@ def markdown(doc: dict[str, Any], level: int = 1) -> str:
         lines += ["", f"n/a (not declared by the port; never pass or FAIL): {na['total']} tests", ""]
         lines += [f"- {reason}: {count}" for reason, count in na["reasons"].items()]
     if doc.get("properties"):
-        lines += ["", f"{h}# Named properties", "", "| property | source | verdict | input (the smallest that shows it) "
-                  "| what differs |", "|---|---|---|---|---|"]
+        lines += ["", f"{h}# Named properties", "",
+                  "| property | source | verdict | input (the smallest that shows it) | what differs |",
+                  "|---|---|---|---|---|"]
         for p in doc["properties"]:
             lines.append(f"| {p['name']} | {p['source']} | {p['verdict']} | {p['input']} | {p['detail']} |")
     failures = doc.get("failures", [])

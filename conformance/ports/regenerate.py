@@ -39,7 +39,8 @@ class Port:
 
 PORTS = (
     Port(
-        "lucidrains_hyper_connections.py", "hyper-connections", "lucidrains/hyper-connections (PyPI `hyper-connections`)",
+        "lucidrains_hyper_connections.py", "hyper-connections",
+        "lucidrains/hyper-connections (PyPI `hyper-connections`)",
         'pip install "hyper-connections==0.4.11"',
         "HC and FC are one module, `HyperConnections(n, dim, num_fracs=m)`, run whole through the module-level "
         "entry (`site()`), with the contract's parameters swapped in by `torch.func.functional_call` and the "

@@ -322,6 +322,7 @@ class Exact(NumpyBackend):
     extreme-scale and empty-batch cases (not a mutant; it must pass them all)."""
 
     name = "exact_numpy"
+    dtypes = "float64,float32,float16,mixed"
 
     def _call(self, spec: OpSpec, *args: Any, **kwargs: Any) -> Any:
         out = getattr(hcref, spec.name)(*[_up(a) for a in args], **kwargs)
