@@ -165,8 +165,19 @@ class Recorder:
                 count = f"{f['count']} example{'s' if f['count'] != 1 else ''}"
                 lines.append(f"  {f['op']:<12} {f['check']:<8} {f['dtype']:<9} [{f['reason']}] {f['label']} "
                              f"{f['magnitude']}, {count}, worst err/tol {_fmt_ratio(f['worst_ratio'])}; "
-                             f"smallest: {f['case']}")
+                             f"smallest: {f['case']}{caused_by(self.failures, f)}")
         return lines
+
+
+def caused_by(failures: list[dict[str, Any]], f: dict[str, Any]) -> str:
+    """For a site/network/Pre-Norm failure: the failing ops of its family in its dtype, to fix first."""
+    if f["check"] not in ("site", "network", "prenorm"):
+        return ""
+    family = f["op"].split("_", 1)[0]
+    ends = ("expand", "reduce", "frac_split", "frac_merge")
+    ops = sorted({g["op"] for g in failures if g["dtype"] == f["dtype"] and g["check"] in ("forward", "vjp")
+                  and (g["op"].startswith(family + "_") or g["op"] in ends)})
+    return f" (fix first: {', '.join(ops)} fail per op in {f['dtype']})" if ops else ""
 
 
 def _fmt_ratio(x: Any) -> str:
@@ -254,6 +265,8 @@ def markdown(doc: dict[str, Any], level: int = 1) -> str:
         for f in failures:
             lines.append(f"{h}## {f['op']} {f['check']} {f['dtype']}: [{f['reason']}] {f['label']}, {f['magnitude']}")
             lines.append("")
+            if caused_by(failures, f):
+                lines += [caused_by(failures, f).strip(" ()").capitalize() + ".", ""]
             lines.append(f"{f['count']} failing examples; worst err/tol {_fmt_ratio(f['worst_ratio'])}; "
                          f"smallest input `{f['case']}`")
             lines += ["", "```", f["message"], "```", ""]
