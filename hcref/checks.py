@@ -20,15 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from . import ends, frac, hyper
+from . import ends, frac, hyper, mhc, sinkhorn_knopp
 from .init import init_fc, init_hc
-from .optable import OPS
+from .optable import ALL_OPS
 
 _FUNCTIONS: dict[str, Any] = {
     name: getattr(module, name)
-    for module in (ends, hyper, frac)
+    for module in (ends, hyper, frac, sinkhorn_knopp, mhc)
     for name in dir(module)
-    if name.split("_vjp")[0] in OPS
+    if name.split("_vjp")[0] in ALL_OPS
 }
 
 
@@ -40,7 +40,19 @@ def op_function(name: str) -> Callable[..., Any]:
 def random_params(
     family: str, k: int, w: int, rng: np.random.Generator, *, dynamic: bool = True, norm: str = "layernorm"
 ) -> dict[str, np.ndarray]:
-    """Random (not init) parameters with the exact keys and shapes of an HC or FC site."""
+    """Random (not init) parameters with the exact keys and shapes of an HC, FC or mHC site
+    (``family`` 'hc', 'fc', 'mhc') or of the mHC head ('mhc_head'); ``norm`` only for HC/FC.
+
+    mHC: ``phi ~ N(0, 1/(n d))``, so that ``z = rms(vec(H)) phi`` is about N(0, 1), gates and
+    ``b`` ~ N(0, 1): logits of order 1, where every term of the gradient matters.
+    """
+    normal = rng.standard_normal
+    if family in ("mhc", "mhc_head"):
+        cols = 2 * k + k * k if family == "mhc" else k
+        drawn = {"phi": normal((k * w, cols)) / np.sqrt(k * w), "b": normal(cols)}
+        if family == "mhc_head":
+            return {**drawn, "gate": np.asarray(normal())}
+        return {**drawn, "gates": normal(3)} if dynamic else {"b": drawn["b"]}
     if family == "hc":
         base = init_hc(k, w, 0, dynamic=dynamic, norm=norm)
     else:
@@ -57,11 +69,21 @@ def random_inputs(
 ) -> tuple[Any, ...]:
     """Random positional inputs of op ``name`` with leading axes ``lead``.
 
-    ``k`` rows (HC: n streams, FC: m fractions) of width ``w`` (HC: d, FC: e); for the ends,
-    ``k`` is n or m and ``w`` the width of one row. ``param_kw`` goes to :func:`random_params`.
+    ``k`` rows (HC, mHC: n streams, FC: m fractions) of width ``w`` (HC, mHC: d, FC: e); for
+    the ends, ``k`` is n or m and ``w`` the width of one row. ``param_kw`` goes to
+    :func:`random_params`. mHC coefficients are random, not made by ``mhc_coeffs`` (h_pre,
+    h_post ~ N(0, 1), h_res ~ N(0, 1/n)); Sinkhorn logits ~ N(0, 1).
     """
     normal = rng.standard_normal
     H = normal(lead + (k, w))
+    if name == "sinkhorn":
+        return (normal(lead + (k, k)),)
+    if name in ("mhc_coeffs", "mhc_head"):
+        return (H, random_params(name.removesuffix("_coeffs"), k, w, rng, **param_kw))
+    if name == "mhc_pre":
+        return (H, normal(lead + (k,)))
+    if name == "mhc_post":
+        return (normal(lead + (w,)), H, normal(lead + (k,)), normal(lead + (k, k)) / np.sqrt(k))
     if name in ("expand", "frac_split"):
         return (normal(lead + ((w,) if name == "expand" else (k * w,))), k)
     if name in ("reduce", "frac_merge"):
@@ -140,7 +162,7 @@ def directional_check(
 
 def check_op(name: str, primals: Sequence[Any], rng: np.random.Generator, **options: Any) -> DirectionalCheck:
     """:func:`directional_check` of the reference op ``name`` with its ``<name>_vjp``."""
-    spec = OPS[name]
+    spec = ALL_OPS[name]
     differentiable = [spec.inputs.index(arg) for arg in spec.differentiable]
     return directional_check(
         lambda *p: op_function(name)(*p, **options),

@@ -24,8 +24,10 @@ neither overflows nor underflows: results at ordinary scales do not change at al
 squares underflow to 0 and ``eps`` dominates, which is the exact answer to working precision).
 ``mean(x'^2) >= 1/w`` whenever ``s > 1``, so nothing underflows to 0 that matters; the
 variance of layernorm can be exactly 0 (all entries equal), where ``eps'`` may underflow too:
-``r'`` is then computed from ``max(var' + eps', tiny)`` (the smallest normal number of the
-dtype), which gives the exact ``x_hat = 0`` instead of ``0 * inf``. Any finite input whose
+``r'`` is then computed from ``max(var' + eps', smallest_subnormal)`` (the smallest positive
+number of the dtype), which gives the exact ``x_hat = 0`` instead of ``0 * inf`` and changes
+no positive value (a floor at the smallest *normal* number would: in float16, ``eps = 1e-5``
+itself is below it). Any finite input whose
 exact result is finite gives a finite, correct result, forward and VJP, in every dtype.
 """
 
@@ -54,8 +56,8 @@ def row_scale(x: Array) -> Array:
 
 
 def _rsqrt(a: Array) -> Array:
-    """``a^(-1/2)`` with ``a`` floored at the dtype's smallest normal number (never ``inf``)."""
-    return 1.0 / np.sqrt(np.maximum(a, np.finfo(a.dtype).tiny))
+    """``a^(-1/2)`` with ``a`` floored at the dtype's smallest positive number (never ``inf``)."""
+    return 1.0 / np.sqrt(np.maximum(a, np.finfo(a.dtype).smallest_subnormal))
 
 
 def _layernorm_hat(x: Array, eps: float) -> tuple[Array, Array]:

@@ -1,4 +1,4 @@
-"""Input validation shared by the reference and every backend.
+"""Input validation shared by the reference and every backend (HC, FC and mHC).
 
 Checks here look only at shapes, dtype names and whether a dtype is floating, never at
 values, so a backend in any framework calls the same functions (with its own
@@ -10,6 +10,8 @@ broadcast: leading axes of every array of one call must be equal.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -208,3 +210,130 @@ def check_coeffs(
     k, w = H.shape[-2], H.shape[-1]
     dynamic = check_params(family, params, metas, k, w, norm)
     return k, w, dynamic
+
+
+# --- mHC ----------------------------------------------------------------------------------
+
+MHC_PRESETS = ("hc_like", "zero", "lucidrains")
+"""Values of the ``preset`` option of ``init_mhc`` (decision D10)."""
+
+MHC_DYNAMIC_KEYS = ("phi", "gates")
+"""The keys that make an mHC parameter mapping dynamic (then it holds ``phi``, ``b``, ``gates``)."""
+
+
+def check_iters(iters: Any) -> int:
+    """Sinkhorn iterations: an ``int`` (not ``bool``) >= 1."""
+    return check_count("iters", iters)
+
+
+def check_eps(eps: Any) -> float:
+    """DeepSeek-V4's ``eps``: a finite real number >= 0 (0 = the paper)."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps: expected a finite real number >= 0, got {type(eps).__name__} {eps!r}")
+    value = float(eps)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"eps: expected a finite real number >= 0, got {eps!r}")
+    return value
+
+
+def check_sinkhorn(Z: ArrayMeta, iters: Any, eps: Any) -> int:
+    """``Z`` (..., n, n) square on the last two axes, ``iters`` >= 1, ``eps`` >= 0; returns n."""
+    check_iters(iters)
+    check_eps(eps)
+    check_array("Z", Z, 2, "(..., n, n)")
+    if Z.shape[-1] != Z.shape[-2]:
+        raise ValueError(
+            f"Z: expected shape (..., n, n) (square on the last two axes), got shape {_fmt(Z.shape)}"
+        )
+    return Z.shape[-1]
+
+
+def mhc_param_shapes(n: int, d: int, *, dynamic: bool) -> dict[str, tuple[int, ...]]:
+    """Shape of every parameter of one mHC site (decision D9): ``b`` (2n+n^2); dynamic adds
+    ``phi`` (n*d, 2n+n^2) and ``gates`` (3)."""
+    cols = 2 * n + n * n
+    if dynamic:
+        return {"phi": (n * d, cols), "b": (cols,), "gates": (3,)}
+    return {"b": (cols,)}
+
+
+def mhc_head_param_shapes(n: int, d: int) -> dict[str, tuple[int, ...]]:
+    """Shape of every parameter of the mHC head (DeepSeek-V4's learned reduce)."""
+    return {"phi": (n * d, n), "b": (n,), "gate": ()}
+
+
+_MHC_LAYOUTS = {"phi": "(n*d, 2n+n^2) from H", "b": "(2n+n^2) from H", "gates": "(pre, post, res)"}
+_HEAD_LAYOUTS = {"phi": "(n*d, n) from H", "b": "(n) from H", "gate": "(a scalar)"}
+
+
+def _check_keys_and_shapes(
+    params: Any,
+    metas: Mapping[str, ArrayMeta],
+    expected: Mapping[str, tuple[int, ...]],
+    kind: str,
+    layouts: Mapping[str, str],
+) -> None:
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params: expected a mapping of parameter name to array, got {type(params).__name__}")
+    missing = [key for key in expected if key not in params]
+    extra = sorted(key for key in params if key not in expected)
+    if missing or extra:
+        raise ValueError(f"params: expected keys {sorted(expected)} for {kind}; missing {missing}, extra {extra}")
+    for key, shape in expected.items():
+        check_shape(f"params[{key!r}]", metas[key], shape, layouts[key])
+
+
+def check_mhc_params(params: Any, metas: Mapping[str, ArrayMeta], n: int, d: int) -> bool:
+    """Exact keys and shapes of an mHC site's ``params``: static = exactly ``{b}``, dynamic =
+    exactly ``{phi, b, gates}``; returns whether the site is dynamic."""
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params: expected a mapping of parameter name to array, got {type(params).__name__}")
+    dynamic = any(key in params for key in MHC_DYNAMIC_KEYS)
+    expected = mhc_param_shapes(n, d, dynamic=dynamic)
+    _check_keys_and_shapes(params, metas, expected, "dynamic mHC" if dynamic else "static mHC", _MHC_LAYOUTS)
+    return dynamic
+
+
+def check_mhc_coeffs(
+    H: ArrayMeta, params: Any, metas: Mapping[str, ArrayMeta], iters: Any, eps: Any
+) -> tuple[int, int, bool]:
+    """Everything ``mhc_coeffs`` accepts; returns (n, d, dynamic)."""
+    check_iters(iters)
+    check_eps(eps)
+    check_array("H", H, 2, "(..., n, d)")
+    n, d = H.shape[-2], H.shape[-1]
+    return n, d, check_mhc_params(params, metas, n, d)
+
+
+def check_mhc_head(H: ArrayMeta, params: Any, metas: Mapping[str, ArrayMeta], eps: Any) -> tuple[int, int]:
+    """Everything ``mhc_head`` accepts: params exactly ``{phi, b, gate}``; returns (n, d)."""
+    check_eps(eps)
+    check_array("H", H, 2, "(..., n, d)")
+    n, d = H.shape[-2], H.shape[-1]
+    _check_keys_and_shapes(params, metas, mhc_head_param_shapes(n, d), "the mHC head", _HEAD_LAYOUTS)
+    return n, d
+
+
+def check_mhc_pre(H: ArrayMeta, h_pre: ArrayMeta) -> tuple[int, int]:
+    """``H`` (..., n, d) and ``h_pre`` (..., n); returns (n, d)."""
+    check_array("H", H, 2, "(..., n, d)")
+    n, d = H.shape[-2], H.shape[-1]
+    check_shape("h_pre", h_pre, H.shape[:-2] + (n,), "(..., n) from H")
+    return n, d
+
+
+def check_mhc_post(y: ArrayMeta, H: ArrayMeta, h_post: ArrayMeta, h_res: ArrayMeta) -> tuple[int, int]:
+    """``H`` (..., n, d), ``y`` (..., d), ``h_post`` (..., n), ``h_res`` (..., n, n); returns (n, d)."""
+    check_array("H", H, 2, "(..., n, d)")
+    lead, n, d = H.shape[:-2], H.shape[-2], H.shape[-1]
+    check_shape("y", y, lead + (d,), "(..., d) from H")
+    check_shape("h_post", h_post, lead + (n,), "(..., n) from H")
+    check_shape("h_res", h_res, lead + (n, n), "(..., n, n) from H")
+    return n, d
+
+
+def check_preset(preset: Any) -> str:
+    """The ``preset`` of ``init_mhc`` (decision D10)."""
+    if not isinstance(preset, str) or preset not in MHC_PRESETS:
+        raise ValueError(f"preset: expected one of {MHC_PRESETS}, got {preset!r}")
+    return preset

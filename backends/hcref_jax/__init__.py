@@ -5,6 +5,21 @@ that jit, vmap and differentiate (:mod:`hcref_jax.ops`); Flax NNX modules
 (:mod:`hcref_jax.modules`); and the conformance backend object ``backend`` (jitted ops, ``jax.vjp``).
 """
 
+try:  # a clear message when the extra was not installed (the frameworks come with `hcref[jax]`)
+    import flax as _flax  # noqa: F401
+    import jax as _jax  # noqa: F401
+except ModuleNotFoundError as _exc:
+    if _exc.name not in ("jax", "jaxlib", "flax"):
+        raise
+    from importlib.util import find_spec
+
+    _missing = " and ".join(m for m in ("jax", "flax") if find_spec(m) is None) or _exc.name
+    raise ModuleNotFoundError(
+        f'hcref_jax needs jax and flax ({_missing} not installed): pip install "hcref[jax]" '
+        '(from a clone: pip install -e ".[jax]")',
+        name=_exc.name,
+    ) from None
+
 from ._backend import JaxBackend
 from .modules import Expand, FracConnections, FracMerge, FracSplit, HyperConnections, Reduce, SiteState
 from .ops import (

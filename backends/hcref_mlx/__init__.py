@@ -5,6 +5,18 @@ modules (:mod:`hcref_mlx.modules`) and the conformance backend object ``backend`
 the only place hcref imports ``mlx``. float64 runs on MLX's CPU stream (MLX has no float64 on the GPU).
 """
 
+try:  # a clear message when the extra was not installed (the framework comes with `hcref[mlx]`)
+    import mlx.core as _mx  # noqa: F401
+except ImportError as _exc:
+    # without its backend (mlx-cpu on Linux) the `mlx` wheel is there but mlx.core fails to load
+    if _exc.name not in ("mlx", "mlx.core") and "libmlx" not in str(_exc):
+        raise
+    raise ModuleNotFoundError(
+        f'hcref_mlx needs MLX, which is not installed or does not load ({_exc}): pip install "hcref[mlx]" '
+        '(from a clone: pip install -e ".[mlx]"); it installs mlx on Apple-silicon macOS and mlx[cpu] on Linux',
+        name="mlx",
+    ) from None
+
 from ._backend import MLXBackend
 from .modules import Expand, FracConnections, FracMerge, FracSplit, HyperConnections, Reduce, SiteState
 from .ops import (

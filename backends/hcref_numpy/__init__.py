@@ -1,9 +1,10 @@
 """The reference wrapped as a backend: the conformance suite's self-test target.
 
-Ops are the :mod:`hcref` functions; gradients come from the hand-derived ``<op>_vjp``
-through a small tape. ``vjp(fn, ...)`` differentiates through this backend's ops only:
-any other arithmetic inside ``fn`` is not recorded, so ``fn`` must be built from the ops
-(``vjp`` raises if an output of ``fn`` was not made by one).
+Ops are the :mod:`hcref` functions (every op of :data:`hcref.optable.ALL_OPS`: HC, FC and
+mHC); gradients come from the hand-derived ``<op>_vjp`` through a small tape.
+``vjp(fn, ...)`` differentiates through this backend's ops only: any other arithmetic inside
+``fn`` is not recorded, so ``fn`` must be built from the ops (``vjp`` raises if an output of
+``fn`` was not made by one).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 import hcref
-from hcref.optable import OPS, OpSpec
+from hcref.optable import ALL_OPS, OpSpec
 
 _DTYPES = ("float64", "float32", "float16")
 
@@ -120,7 +121,7 @@ def _bind(spec: OpSpec) -> Callable[..., Any]:
     return op
 
 
-for _spec in OPS.values():
+for _spec in ALL_OPS.values():
     setattr(NumpyBackend, _spec.name, _bind(_spec))
 
 backend = NumpyBackend()

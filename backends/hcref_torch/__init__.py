@@ -4,6 +4,18 @@ Functional ops with the reference's names, shapes and errors (:mod:`hcref_torch.
 modules (:mod:`hcref_torch.modules`) and the conformance backend object ``backend``.
 """
 
+try:  # a clear message when the extra was not installed (the framework comes with `hcref[torch]`)
+    import torch as _torch  # noqa: F401
+except ModuleNotFoundError as _exc:
+    if _exc.name != "torch":
+        raise
+    raise ModuleNotFoundError(
+        'hcref_torch needs PyTorch, which is not installed: pip install "hcref[torch]" '
+        '(from a clone: pip install -e ".[torch]"; for the CPU-only build, first: '
+        "pip install torch --index-url https://download.pytorch.org/whl/cpu)",
+        name=_exc.name,
+    ) from None
+
 from ._backend import TorchBackend
 from .modules import Expand, FracConnections, FracMerge, FracSplit, HyperConnections, Reduce, SiteState
 from .ops import (

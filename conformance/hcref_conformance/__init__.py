@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__version__ = "0.1.0"
+from hcref import __version__
 
 __all__ = ["__version__", "run"]
 

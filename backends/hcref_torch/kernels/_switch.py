@@ -1,0 +1,109 @@
+"""When the kernels run: the switch, Triton's availability and the ``supported`` predicate.
+
+Nothing here imports triton on a machine without CUDA, so ``import hcref_torch`` keeps working
+(and stays fast) where triton is missing. Environment variables are read once, when this
+module is imported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+ENV_VAR = "HCREF_TORCH_KERNELS"
+"""``HCREF_TORCH_KERNELS=0`` (or ``false``/``off``/``no``) keeps the automatic dispatch on the
+generic torch path; :func:`set_enabled` overrides it at run time."""
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+"""Dtypes the kernels take (half types accumulate in float32, float64 in float64)."""
+
+MAX_ROWS = 16
+"""Largest number of streams n (HC) or fractions m (FC): the kernels unroll loops over the
+C = n+1 or 2m coefficient columns and keep all rows of a token in one block."""
+
+_ENV_ON = os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "off", "no")
+_INTERPRET_ENV = os.environ.get("TRITON_INTERPRET", "0").strip() == "1"
+
+
+def _find_triton() -> bool:
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError, AttributeError):  # e.g. sys.modules["triton"] = None
+        return False
+
+
+TORCH_OK = all(hasattr(torch.library, name) for name in ("custom_op", "register_fake", "register_autograd"))
+"""torch >= 2.4: the kernels are registered as torch.library custom ops; older torch runs the
+generic path only."""
+_TRITON_FOUND = _find_triton() and TORCH_OK
+_override: bool | None = None
+_triton_ok: bool | None = None
+
+
+def available() -> bool:
+    """Whether triton imports (tried once; a broken install counts as missing)."""
+    global _triton_ok
+    if _triton_ok is None:
+        if not _TRITON_FOUND:
+            _triton_ok = False
+        else:
+            try:
+                import triton  # noqa: F401
+            except Exception:  # any failure means: use the generic path
+                _triton_ok = False
+            else:
+                _triton_ok = True
+    return _triton_ok
+
+
+def interpreting() -> bool:
+    """Whether the kernels run under the Triton interpreter (``TRITON_INTERPRET=1`` when
+    hcref_torch.kernels was imported): then they also take CPU tensors."""
+    return _INTERPRET_ENV
+
+
+def enabled() -> bool:
+    """Whether the contract ops and modules dispatch CUDA tensors to the kernels: the
+    environment switch or :func:`set_enabled`, and Triton importable."""
+    on = _ENV_ON if _override is None else _override
+    return on and (_TRITON_FOUND if _triton_ok is None else _triton_ok)
+
+
+def set_enabled(flag: bool | None) -> None:
+    """Force the automatic dispatch on (``True``) or off (``False``); ``None`` goes back to the
+    environment variable ``HCREF_TORCH_KERNELS`` (default on)."""
+    global _override
+    if flag is not None and not isinstance(flag, bool):
+        raise TypeError(f"flag: expected a bool or None, got {type(flag).__name__} {flag!r}")
+    _override = flag
+
+
+def supported(H: object, *others: object) -> bool:
+    """Whether the kernels take this call: H (..., K, w) and every other argument are tensors on
+    one device that is CUDA (or CPU under the interpreter), of a dtype in :data:`DTYPES`, with
+    1 <= K <= :data:`MAX_ROWS` and w >= 1. Leading axes may be empty (size 0) or absent."""
+    if not isinstance(H, torch.Tensor) or H.dim() < 2:
+        return False
+    if not 1 <= H.shape[-2] <= MAX_ROWS or H.shape[-1] < 1:
+        return False
+    device = H.device
+    if device.type == "cuda":
+        pass
+    elif device.type != "cpu" or not _INTERPRET_ENV:
+        return False
+    for t in (H, *others):
+        if not isinstance(t, torch.Tensor) or t.device != device or t.dtype not in DTYPES:
+            return False
+    return available()
+
+
+def use_for(H: object, *others: object) -> bool:
+    """The automatic dispatch of the contract ops and modules: :func:`enabled`, CUDA tensors
+    only (never CPU tensors, even under the interpreter) and :func:`supported`."""
+    return isinstance(H, torch.Tensor) and H.device.type == "cuda" and enabled() and supported(H, *others)
+
+
+if torch.cuda.is_available() and _TRITON_FOUND:  # import triton now, not inside a traced call
+    available()
