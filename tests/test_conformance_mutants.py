@@ -1,9 +1,10 @@
 """The conformance suite catches broken backends: every mutant in ``tests/mutants`` fails,
-and a failure names the broken op (with a repro snippet).
+a failure names the broken op (with a repro snippet) and, where a named property covers the
+mistake, that property departs; the exact D12 port the newer mutants start from passes.
 
-Each mutant runs in a fresh interpreter (``python -m hcref_conformance``), float64 only
-(every mutant is visible there), few examples and no shrinking, so the whole file takes
-well under a minute.
+Every mutant runs through ``hcref_conformance.run`` in one interpreter (started once), in the
+dtype that shows its mistake (float64 for most), with the quick profile, few examples and no
+shrinking.
 """
 
 from __future__ import annotations
@@ -21,27 +22,47 @@ sys.path.insert(0, str(TESTS))
 
 from mutants import MUTANTS
 
+RUNNER = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import hcref_conformance, mutants
+codes = {{}}
+for name in {names!r}:
+    mutant = getattr(mutants, name)
+    print(f"=== MUTANT {{name}} ===", flush=True)
+    codes[name] = hcref_conformance.run(
+        f"mutants:{{name}}", dtypes=mutant.dtypes.split(","), profile="quick", max_examples=4,
+        report_json=f"{{sys.argv[1]}}/{{name}}.json", pytest_args=["-q", "--no-shrink", "-p", "no:warnings"])
+    print(f"=== END {{name}} ===", flush=True)
+json.dump(codes, open(f"{{sys.argv[1]}}/codes.json", "w"))
+"""
 
-def run_suite(backend: str, tmp_path: Path, *options: str) -> tuple[subprocess.CompletedProcess[str], dict]:
-    """Run the suite on ``backend`` in a subprocess; return the process and its JSON report."""
-    report = tmp_path / "report.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    env = {k: v for k, v in env.items() if not k.startswith("HCREF_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "hcref_conformance", "--backend", backend, "--report-json", str(report), "-q",
-         *options, "--", "-p", "no:warnings"],
-        capture_output=True, text=True, check=False, env=env, cwd=TESTS.parent, timeout=600,
-    )
-    data = json.loads(report.read_text()) if report.exists() else {}
-    return done, data
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str, dict]]:
+    """Every mutant (and the exact port) through the suite, one interpreter for all (startup once):
+    ``{name: (exit status, its terminal output, its JSON report)}``."""
+    out = tmp_path_factory.mktemp("mutants")
+    names = sorted(MUTANTS) + ["exact"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HCREF_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-c", RUNNER.format(tests=str(TESTS), names=names), str(out)],
+                          capture_output=True, text=True, check=False, env=env, cwd=TESTS.parent, timeout=1800)
+    assert (out / "codes.json").exists(), done.stdout[-3000:] + done.stderr[-3000:]
+    codes = json.loads((out / "codes.json").read_text())
+    result = {}
+    for name in names:
+        text = done.stdout.split(f"=== MUTANT {name} ===", 1)[1].split(f"=== END {name} ===", 1)[0]
+        report = out / f"{name}.json"
+        result[name] = (codes[name], text, json.loads(report.read_text()) if report.exists() else {})
+    return result
 
 
 @pytest.mark.parametrize("name", sorted(MUTANTS))
-def test_mutant_is_caught(name: str, tmp_path: Path) -> None:
+def test_mutant_is_caught(name: str, runs: dict[str, tuple[int, str, dict]]) -> None:
     mutant = MUTANTS[name]
-    done, report = run_suite(f"mutants:{name}", tmp_path, "--dtypes", "float64", "--max-examples", "4",
-                             "--no-shrink")
-    assert done.returncode == 1, f"{name} ({mutant.description}) was not caught:\n{done.stdout[-3000:]}"
+    code, stdout, report = runs[name]
+    assert code == 1, f"{name} ({mutant.description}) was not caught:\n{stdout[-3000:]}"
     assert report["totals"]["failed"] > 0
     blamed = [f for f in report["failures"] if f["op"] == mutant.broken_op]
     assert blamed, (f"{name}: no failure names {mutant.broken_op}; failing ops: "
@@ -49,16 +70,29 @@ def test_mutant_is_caught(name: str, tmp_path: Path) -> None:
     message = blamed[0]["message"]
     assert f"op {mutant.broken_op} " in message, message
     assert f"on backend {mutant.name} " in message.splitlines()[0]
-    assert "dtype float64, device cpu" in message and "inputs: " in message
+    assert f"dtype {mutant.dtypes}, device cpu" in message and "inputs: " in message
     if "max abs error" in message:  # a value mismatch: the worst index and the tolerance in force
         assert "at index" in message and "max rel error" in message and "tolerance: rtol" in message
     assert f"load_backend('mutants:{name}')" in message, "the repro snippet does not load the backend under test"
-    assert f"op {mutant.broken_op}" in done.stdout, "the terminal output does not name the broken op"
-    row = [r for r in report["rows"] if r["op"] == mutant.broken_op and r["dtype"] == "float64"]
+    assert f"op {mutant.broken_op}" in stdout, "the terminal output does not name the broken op"
+    row = [r for r in report["rows"] if r["op"] == mutant.broken_op and r["dtype"] == mutant.dtypes]
     assert row and row[0]["status"] == "FAIL"
+    if mutant.broken_property:
+        verdicts = {p["id"]: p["verdict"] for p in report["properties"]}
+        assert verdicts[mutant.broken_property] in ("departs", "error"), verdicts
+    assert "Falsifying example" not in stdout and "Recorder(" not in stdout  # no fixture reprs
+
+
+def test_exact_port_passes_the_new_cases(runs: dict[str, tuple[int, str, dict]]) -> None:
+    """The ideal D12 port the newer mutants start from fails none of the cases they are caught by."""
+    code, stdout, report = runs["exact"]
+    assert code == 0, stdout[-6000:]
+    assert report["dtypes"] == ["float64", "float32", "float16"]
+    assert all(p["verdict"] in ("holds", "n/a") for p in report["properties"]), report["properties"]
+    assert {p["verdict"] for p in report["properties"] if p["id"].endswith("-mixed")} == {"holds"}
 
 
 def test_there_are_enough_distinct_mutants() -> None:
-    assert len(MUTANTS) >= 12
+    assert len(MUTANTS) >= 22
     assert len({m.description for m in MUTANTS.values()}) == len(MUTANTS)
     assert len({type(m) for m in MUTANTS.values()}) == len(MUTANTS)

@@ -1,4 +1,5 @@
-"""Every first-party backend satisfies :class:`hcref.interface.Backend`, and every op has the
+"""Every first-party backend satisfies :class:`hcref.interface.Backend` and declares nothing
+(:class:`hcref.interface.Support` ``()``: every op and option of HC and FC), and every op has the
 reference's name, argument names and keyword options (the contract a checkpoint or a port
 relies on)."""
 
@@ -10,7 +11,7 @@ import inspect
 import pytest
 
 import hcref
-from hcref.interface import OP_NAMES, Backend, missing_members
+from hcref.interface import OP_NAMES, Backend, Port, Support, missing_members, support_of
 from hcref.optable import OPS
 
 BACKENDS = ["hcref_numpy", "hcref_torch", "hcref_jax", "hcref_mlx"]
@@ -29,7 +30,8 @@ def test_op_table_and_interface_agree() -> None:
 def test_backend_implements_the_contract(module: str) -> None:
     backend = importlib.import_module(module).backend
     assert missing_members(backend) == []
-    assert isinstance(backend, Backend)
+    assert isinstance(backend, Backend) and isinstance(backend, Port)
+    assert support_of(backend) == Support()  # the full contract, so the suite checks everything
     assert backend.name == module
     assert ("cpu", "float64") in backend.capabilities() and ("cpu", "float32") in backend.capabilities()
     for name in OP_NAMES:

@@ -39,6 +39,20 @@ OP_ERROR_ULPS = 4.0
 ops measured within a few; see hcref.tolerances)."""
 
 
+class RoundedSublayer:
+    """A float64 reference sublayer as an ideal ``dtype`` port runs it: outputs with
+    :data:`OP_ERROR_ULPS` roundoffs of error, rounded to ``dtype`` (its VJP too)."""
+
+    def __init__(self, reference: Any, backend: RoundingBackend) -> None:
+        self.reference, self.backend = reference, backend
+
+    def __call__(self, h: np.ndarray) -> np.ndarray:
+        return self.backend._perturb(np.asarray(self.reference(h)))
+
+    def vjp(self, h: np.ndarray, g: np.ndarray) -> np.ndarray:
+        return self.backend._perturb(np.asarray(self.reference.vjp(h, g)))
+
+
 class RoundingBackend(NumpyBackend):
     """The NumPy reference in float64 as an ideal ``dtype`` backend: every op output gets a random
     error of :data:`OP_ERROR_ULPS` roundoffs of its largest value and is rounded to ``dtype``

@@ -1,47 +1,153 @@
-"""Every input the suite draws, in one place.
+"""Every input the suite draws, in one place: profiles, Hypothesis draws and the fixed cases.
 
-Hypothesis draws only the *structure* of a case (leading axes, rows ``k``, width ``w``,
-options, a value scale) and one integer ``seed``; the values come from
-``numpy.random.default_rng(seed)`` (:meth:`Case.inputs`). Draws are labelled so that a
-falsifying example names each field, and a failing case is rebuilt from its ``repr``.
+Hypothesis draws only the *structure* of a case (leading axes, rows ``k``, width ``w``, options,
+a value scale) and one integer ``seed``; the values come from
+``numpy.random.default_rng(seed)`` (:meth:`Case.inputs`). Every draw is labelled, and only what
+the port declares (:class:`hcref.interface.Support`: norms, switches, modes, largest ``k``) is
+ever drawn.
 
-The special cases that must always run (initial parameters with several layer indices,
-``n = 1`` / ``m = 1``, one token without leading axes, static sites, every switch off) are
-the explicit list :func:`special_cases`, parametrized by the test modules.
+Distributions (checked by the project's tests): ``k`` is uniform up to the profile's cap (8 by
+default, 16 in the thorough profile), so more than 4 rows is drawn about half the time; a
+leading axis has size 0 about one draw in ten; coefficient parameters are dynamic with random
+(not initial) weights in 4 draws of 7, and each switch is on in 3 draws of 4 (all three on in
+about 4 of 10). Shapes of sites and networks come from a small fixed set of *buckets* per
+profile, so a port that compiles per shape (jax) reuses its compilations across draws.
+
+The fixed cases that run on every port every time (:func:`special_cases`): one token without
+leading axes, ``k = 1``, ``k = 5`` and ``k = 8``, size-0 leading axes, initial parameters per
+norm and layer index, static sites, each switch off alone with random dynamic weights, small
+activations (1e-2, 1e-3) with random dynamic weights for each norm, and extreme activation
+scales (1e-30, 1e15, 1e20) where the dtype holds them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hypothesis import strategies as st
 
+from hcref.interface import SWITCHES, Support
 from hcref.optable import OPS
-from hcref.validation import NORMS
 
 from .cases import Case
 
-MAX_LEAD_AXES = 2
-MAX_LEAD = 3
-MAX_ROWS = 4
-MAX_WIDTH = 16
-"""Caps on the drawn shapes: (..., k, w) with at most 2 leading axes of at most 3 tokens,
-k <= 4 streams or fractions, w <= 16 (HC: d, FC: e = d/m)."""
+OP_NAMES = tuple(OPS)
+"""The ops under test, in the op table's order."""
+
+COMPOSITES = ("hc_site", "fc_site", "hc_network", "fc_network", "hc_prenorm", "fc_prenorm")
+"""Names of the whole-site, small-network and Pre-Norm-at-init checks (family prefix)."""
+
+Shape = tuple[tuple[int, ...], int, int]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much to draw: examples per test, and whether shapes and options come from the fixed
+    :data:`STRUCTURES` (``structured``) or are drawn freely up to ``max_rows`` / ``max_width``."""
+
+    name: str
+    max_examples: int
+    structured: bool
+    max_rows: int = 8
+    max_width: int = 16
+    max_lead: int = 3
+    max_lead_axes: int = 2
+
+
+PROFILES = {
+    "quick": Profile("quick", 5, True),
+    "default": Profile("default", 25, True),
+    "thorough": Profile("thorough", 200, False, max_rows=16),
+}
+"""``quick`` (``--all``: 5 examples per drawn test), ``default`` (25) and ``thorough`` (200, shapes
+and options drawn freely with k up to 16, every fixed case in every dtype)."""
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "ln": {"norm": "layernorm"},
+    "rms": {"norm": "rmsnorm"},
+    "none": {"norm": "none"},
+    "static": {"dynamic": False},
+    "no-tanh": {"norm": "rmsnorm", "use_tanh": False},
+    "no-scale": {"norm": "layernorm", "use_scale": False},
+    "no-norm": {"norm": "layernorm", "use_norm": False},
+    "all-off": {"use_tanh": False, "use_norm": False, "use_scale": False},
+}
+"""Option sets of the coefficient ops; ``default`` is dynamic with the first norm the port declares."""
+
+
+@dataclass(frozen=True)
+class Structure:
+    """A shape and an option set, shared by the fixed cases and the structured draws of every op
+    and composite of a family, so that a port that compiles per shape and option set (jax)
+    compiles each once and reruns it with new values.
+
+    ``tier``: 0 runs in every dtype; 1 in float64 and float32 (and the most precise dtype
+    selected); 2 only in the most precise dtype selected (structure, not precision, is what it
+    checks). ``weight``: how often the structured draws pick it.
+    """
+
+    name: str
+    lead: tuple[int, ...]
+    k: int
+    w: int
+    config: str = "default"
+    tier: int = 0
+    weight: int = 1
+
+
+STRUCTURES: tuple[Structure, ...] = (
+    Structure("base-ln", (2,), 3, 4, "ln", 0, 3),
+    Structure("base-rms", (2,), 3, 4, "rms", 0, 3),
+    Structure("base-none", (2,), 3, 4, "none", 1, 2),
+    Structure("static", (2,), 3, 4, "static", 1, 1),
+    Structure("no-tanh", (2,), 3, 4, "no-tanh", 2, 1),
+    Structure("no-scale", (2,), 3, 4, "no-scale", 2, 1),
+    Structure("no-norm", (2,), 3, 4, "no-norm", 2, 1),
+    Structure("all-off", (2,), 3, 4, "all-off", 2, 1),
+    Structure("one-token", (), 2, 4, "default", 1, 1),
+    Structure("one-token-rms", (), 2, 4, "rms", 1, 1),
+    Structure("k1", (3,), 1, 4, "default", 2, 1),
+    Structure("k1-w1", (3,), 1, 1, "default", 2, 1),
+    Structure("k8", (2,), 8, 4, "default", 1, 3),
+    Structure("empty", (0,), 3, 4, "default", 1, 1),
+    Structure("empty-inner", (2, 0, 3), 2, 4, "default", 2, 1),
+)
+"""The structures of the quick and default profiles: more than 4 rows (k8) in about 1 structured
+draw of 7, size-0 leading axes in about 1 of 10, every switch on in 4 of 5, dynamic parameters
+with random weights in about 7 of 10 (module docstring)."""
 
 SCALES = (1.0, 0.01, 100.0)
-"""Scales applied to the state (H or x): units, small and large activations (float16 leaves
+"""Scales applied to the state (H, x, y): units, small and large activations (float16 leaves
 out 100, whose squares overflow its range of 65504)."""
+
+SMALL_SCALES = (1e-2, 1e-3)
+"""Small activations, where a norm's epsilon matters (a layernorm epsilon of 1e-6 instead of
+1e-5 moves the coefficients by percents at 1e-3)."""
+
+EXTREME_SCALES = (1e-30, 1e15, 1e20)
+"""Activation scales of a diverging run (issue 13); a dtype that cannot hold them skips them."""
+
+DTYPE_MAX = {"float64": 1.8e308, "float32": 3.4e38, "bfloat16": 3.39e38, "float16": 65504.0}
+DTYPE_TINY = {"float64": 2.2e-308, "float32": 1.2e-38, "bfloat16": 1.2e-38, "float16": 6.1e-5}
+"""Largest and smallest normal magnitude of each dtype: a case whose activations (times 100 for
+the sums of an op) leave this range is skipped in that dtype."""
 
 MIN_COMPOSITE_WIDTH = 4
 """Sites and networks draw w >= 4: a norm over one or two values is ill-conditioned (the
 sign of x - mean flips under rounding), so its error says nothing about the backend."""
 
-leads = st.lists(st.integers(1, MAX_LEAD), max_size=MAX_LEAD_AXES).map(tuple)
-rows = st.integers(1, MAX_ROWS)
-widths = st.integers(1, MAX_WIDTH)
+PARAM_KINDS = ("dynamic", "dynamic", "dynamic", "dynamic", "dynamic-init", "static", "static-init")
+"""Free draws: kinds of coefficient parameters, dynamic with random weights in 4 of 7."""
+
+SWITCH_VALUES = (True, True, True, False)
+"""Free draws: a switch is on in 3 draws of 4."""
+
+LEAD_SIZES = (2, 3, 1, 2, 3, 1, 2, 3, 1, 0)
+"""Free draws: size of one leading axis, 0 in one draw of 10."""
+
 seeds = st.integers(0, 2**32 - 1)
-norms = st.sampled_from(NORMS)
-scales = st.sampled_from(SCALES)
 
 
 def has_coefficients(op: str) -> bool:
@@ -54,61 +160,147 @@ def is_composite(op: str) -> bool:
     return op.endswith(("_site", "_network", "_prenorm"))
 
 
-def draw_case(data: Any, op: str, dtype: str = "float64") -> Case:
-    """Draw one :class:`Case` of ``op`` for ``dtype`` from ``data`` (``hypothesis.strategies.data()``)."""
-    fields: dict[str, Any] = {
-        "lead": data.draw(leads, label="lead"),
-        "k": data.draw(rows, label="k (n or m)"),
-        "w": data.draw(st.integers(MIN_COMPOSITE_WIDTH, MAX_WIDTH) if is_composite(op) else widths, label="w (d or e)"),
-        "seed": data.draw(seeds, label="seed"),
-        "scale": data.draw(st.sampled_from(SCALES[:2]) if dtype == "float16" else scales, label="scale"),
-    }
-    if has_coefficients(op):
-        prenorm = op.endswith("_prenorm")
-        fields["dynamic"] = data.draw(st.booleans(), label="dynamic")
-        fields["norm"] = data.draw(norms, label="norm")
-        fields["use_tanh"] = data.draw(st.booleans(), label="use_tanh")
-        fields["use_norm"] = data.draw(st.booleans(), label="use_norm")
-        fields["use_scale"] = data.draw(st.booleans(), label="use_scale")
-        fields["init"] = prenorm or data.draw(st.booleans(), label="init")
-        if op.startswith("hc") and fields["init"]:
-            fields["layer_index"] = data.draw(st.integers(0, 2 * MAX_ROWS), label="layer_index")
-    return Case(op=op, **fields)
+def options_of(config: str, support: Support) -> dict[str, Any]:
+    """The Case fields of option set ``config`` for a port declaring ``support``."""
+    fields: dict[str, Any] = {"dynamic": "dynamic" in support.modes,
+                              "norm": next((n for n in ("layernorm", "rmsnorm", "none") if n in support.norms),
+                                           "layernorm")}
+    fields.update(CONFIGS[config])
+    return fields
 
 
-def special_cases(op: str) -> list[tuple[str, Case]]:
-    """``(id, case)`` pairs of ``op`` that run on every backend, every time."""
-    out = [
-        ("one-token", Case(op=op, lead=(), k=3, w=5, seed=1)),
-        ("k1", Case(op=op, lead=(2,), k=1, w=4, seed=2)),
-    ]
-    if not is_composite(op):
-        out.append(("k1-w1", Case(op=op, lead=(3,), k=1, w=1, seed=3)))
-    if not has_coefficients(op):
-        return out
-    for norm in NORMS:
-        out.append((f"init-{norm}", Case(op=op, lead=(2, 3), k=3, w=4, seed=4, norm=norm, init=True)))
-    if op.startswith("hc"):
-        out.append(("init-layer5", Case(op=op, lead=(2,), k=3, w=4, seed=5, init=True, layer_index=5)))
-        out.append(("init-n1", Case(op=op, lead=(2,), k=1, w=4, seed=6, init=True, layer_index=3)))
-    else:
-        out.append(("init-m1", Case(op=op, lead=(2,), k=1, w=4, seed=6, init=True)))
-    out += [
-        ("static", Case(op=op, lead=(2, 2), k=3, w=4, seed=7, dynamic=False)),
-        ("static-init", Case(op=op, lead=(2,), k=2, w=3, seed=8, dynamic=False, init=True)),
-        ("switches-off", Case(op=op, lead=(2,), k=3, w=4, seed=9, use_tanh=False, use_norm=False, use_scale=False,
-                              scale=0.5)),
-        ("rmsnorm", Case(op=op, lead=(4,), k=4, w=8, seed=10, norm="rmsnorm")),
-    ]
+def in_tier(tier: int, dtype: str, selected: list[str], profile: Profile) -> bool:
+    """Whether a structure of ``tier`` runs in ``dtype`` (``selected``: the dtypes of the run)."""
+    if not profile.structured or tier == 0:
+        return True
+    precise = next((d for d in ("float64", "float32", "bfloat16", "float16") if d in selected), None)
+    if tier == 1:
+        return dtype in ("float64", "float32") or dtype == precise
+    return dtype == precise
+
+
+def structures(op: str, dtype: str, selected: list[str], profile: Profile,
+               support: Support) -> list[tuple[str, Case, int]]:
+    """``(name, case, weight)`` per structure that applies to ``op``, ``dtype`` and the port (seed 0,
+    unit scale); for an op without options, structures of the same shape count once."""
+    out: list[tuple[str, Case, int]] = []
+    seen: set[tuple[Any, ...]] = set()
+    for s in STRUCTURES:
+        if not in_tier(s.tier, dtype, selected, profile) or (is_composite(op) and s.w < MIN_COMPOSITE_WIDTH):
+            continue
+        fields = options_of(s.config, support) if has_coefficients(op) else {}
+        case = Case(op=op, lead=s.lead, k=s.k, w=s.w, **fields)
+        key = (s.lead, s.k, s.w, tuple(sorted(fields.items())))
+        if key in seen or requirements(case, support):
+            continue
+        seen.add(key)
+        out.append((s.name, case, s.weight))
     return out
 
 
-def special_params(ops: tuple[str, ...] | list[str]) -> list[Any]:
-    """``pytest.param(op, case, id=...)`` for every special case of every op in ``ops``."""
-    import pytest
+def draw_case(data: Any, op: str, dtype: str, profile: Profile, support: Support,
+              selected: list[str] | None = None) -> Case:
+    """Draw one :class:`Case` of ``op`` for ``dtype`` from ``data`` (``hypothesis.strategies.data()``),
+    within ``profile`` and what ``support`` declares."""
+    scales = SCALES[:2] if dtype == "float16" else SCALES
+    if profile.structured:
+        choices = [case for _, case, weight in structures(op, dtype, selected or [dtype], profile, support)
+                   for _ in range(weight)]
+        base: Case = data.draw(st.sampled_from(choices), label="structure (lead, k, w, options)")
+        fields: dict[str, Any] = {"seed": data.draw(seeds, label="seed"),
+                                  "scale": data.draw(st.sampled_from(scales), label="scale")}
+        if has_coefficients(op):
+            prenorm = op.endswith("_prenorm")
+            fields["init"] = prenorm or data.draw(st.sampled_from((False, False, False, True)), label="init")
+            if op.startswith("hc") and fields["init"]:
+                fields["layer_index"] = data.draw(st.integers(0, 2 * base.k), label="layer_index")
+        return replace(base, **fields)
+    max_rows = min(profile.max_rows, support.max_rows or profile.max_rows)
+    if is_composite(op):
+        lead = data.draw(st.lists(st.sampled_from(LEAD_SIZES), max_size=profile.max_lead_axes).map(tuple),
+                         label="lead")
+        k = data.draw(st.integers(1, max_rows), label="k (n or m)")
+        w = data.draw(st.integers(MIN_COMPOSITE_WIDTH, profile.max_width), label="w (d or e)")
+    else:
+        lead = data.draw(st.lists(st.sampled_from(LEAD_SIZES), max_size=profile.max_lead_axes).map(tuple),
+                         label="lead")
+        k = data.draw(st.integers(1, max_rows), label="k (n or m)")
+        w = data.draw(st.integers(1, profile.max_width), label="w (d or e)")
+    free: dict[str, Any] = {
+        "lead": lead, "k": k, "w": w,
+        "seed": data.draw(seeds, label="seed"),
+        "scale": data.draw(st.sampled_from(scales), label="scale"),
+    }
+    if has_coefficients(op):
+        prenorm = op.endswith("_prenorm")
+        kind = data.draw(st.sampled_from([k for k in PARAM_KINDS if k.split("-")[0] in support.modes]),
+                         label="params (dynamic/static, random/init)")
+        free["dynamic"] = kind.startswith("dynamic")
+        free["init"] = prenorm or kind.endswith("init")
+        free["norm"] = data.draw(st.sampled_from(support.norms), label="norm")
+        for switch in SWITCHES:
+            values = SWITCH_VALUES if switch in support.switches else (True,)
+            free[switch] = data.draw(st.sampled_from(values), label=switch)
+        if op.startswith("hc") and free["init"]:
+            free["layer_index"] = data.draw(st.integers(0, 2 * max_rows), label="layer_index")
+    return Case(op=op, **free)
 
-    return [pytest.param(op, case, id=f"{op}-{name}") for op in ops for name, case in special_cases(op)]
+
+def special_cases(op: str, dtype: str, selected: list[str], profile: Profile,
+                  support: Support) -> list[tuple[str, Case]]:
+    """``(id, case)`` pairs of ``op`` that run on the port every time in ``dtype``: one case per
+    structure (seed 1), and on the same structures the cases that need particular values (module
+    docstring): initial parameters, small and extreme activation scales."""
+    out: list[tuple[str, Case]] = []
+    coefficients = has_coefficients(op)
+    for name, base, _ in structures(op, dtype, selected, profile, support):
+        name = name if coefficients or not name.startswith("base") else "base"
+        case = replace(base, seed=1)
+        out.append((name, case))
+        if op.endswith("_prenorm") and name in ("k8", "one-token"):
+            out.append((f"{name}-layer{2 * base.k + 1}", replace(case, layer_index=2 * base.k + 1)))
+        if coefficients and name in ("base-ln", "base-rms", "base-none") and not op.endswith("_prenorm"):
+            out.append((f"{name}-init", replace(case, init=True)))
+        if name in ("base", "base-ln", "base-rms"):
+            out += [(f"{name}-small-{scale:.0e}", replace(case, scale=scale)) for scale in SMALL_SCALES]
+        if coefficients and name == "static":
+            out.append(("static-init", replace(case, init=True)))
+        if op.startswith("hc") and coefficients and name == "base-ln":
+            out.append(("init-layer5", replace(case, init=True, layer_index=5)))
+        if op.startswith("hc") and coefficients and name == "k1":
+            out.append(("init-n1", replace(case, init=True, layer_index=3)))
+        if name.startswith("one-token") and dtype != "float16":
+            extreme = replace(case, gates=1.0, sublayer="linear") if coefficients else case
+            out += [(f"{name}-scale-{scale:.0e}".replace("+", ""), replace(extreme, scale=scale))
+                    for scale in EXTREME_SCALES]
+    return out
 
 
-OP_NAMES = tuple(OPS)
-"""The ops under test, in the op table's order."""
+def mixed_cases(op: str, support: Support) -> list[tuple[str, Case]]:
+    """The mixed-precision cases of ``op`` (dtype ``"mixed"``: float32 parameters and coefficients
+    on a half-precision state, decision D12)."""
+    out = []
+    for name in ("base-ln", "base-rms"):
+        s = next(s for s in STRUCTURES if s.name == name)
+        fields = options_of(s.config, support) if has_coefficients(op) else {}
+        case = Case(op=op, lead=s.lead, k=s.k, w=s.w, seed=2, **fields)
+        if not requirements(case, support) and (name == "base-ln" or has_coefficients(op)):
+            out.append((f"mixed-{name}", case))
+    return out
+
+
+def requirements(case: Case, support: Support) -> str | None:
+    """Why ``case`` is not applicable to a port declaring ``support`` (``None`` when it is)."""
+    if support.max_rows is not None and case.k > support.max_rows:
+        return f"k = {case.k} above the declared max_rows {support.max_rows}"
+    if not has_coefficients(case.op):
+        return None
+    mode = "dynamic" if case.dynamic else "static"
+    if mode not in support.modes:
+        return f"{mode} coefficients not declared"
+    if case.dynamic and case.norm not in support.norms:
+        return f"norm {case.norm!r} not declared"
+    for switch in SWITCHES:
+        if case.dynamic and not getattr(case, switch) and switch not in support.switches:
+            return f"switch {switch}=False not declared"
+    return None

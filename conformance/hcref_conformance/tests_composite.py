@@ -1,8 +1,10 @@
 """Whole-site and small-network agreement, forward and VJP.
 
-A site is ``coeffs -> width -> T -> depth`` (``hcref.site``); a network is ``expand`` (HC) or
-``frac_split`` (FC), two sites and ``reduce`` / ``frac_merge`` (``hcref.network.stack``).
-The sublayer ``T`` is built from the backend's own ops (see :mod:`hcref_conformance.checks`).
+A site is ``coeffs -> width -> T -> depth`` composed from the port's ops, or the port's own
+``site`` (module-level entry); a network is ``expand``/``frac_split``, two sites and
+``reduce``/``frac_merge``. The sublayer ``T`` is the suite's, written with Python operators
+only (:mod:`hcref_conformance.sublayer`). These run after the per-op checks, so a failing op
+is reported before the sites and networks it breaks.
 """
 
 from __future__ import annotations
@@ -10,27 +12,29 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from .cases import Case
-from .checks import run_in_test
-from .strategies import draw_case, special_params
+from .cases import MIXED, Case
+from .runner import Context, explore, run_one
+from .suite import draw_for, fixed_cases, mixed, need
 
 COMPOSITE_OPS = ("hc_site", "fc_site", "hc_network", "fc_network")
 
 
 @pytest.mark.parametrize("op", COMPOSITE_OPS)
-@given(data=st.data())
-def test_composite(backend: Any, device: str, dtype: str, op: str, recorder: Any, data: Any) -> None:
-    case = draw_case(data, op, dtype)
-    check = op.split("_", 1)[1]
-    ratio = run_in_test(check, backend, case, dtype=dtype, device=device, hypothesis=True)
-    recorder.record(op, dtype, "composite", ratio)
+def test_composite(suite: Context, dtype: str, op: str, request: Any) -> None:
+    need(suite, op, dtype)
+    explore(suite, op.split("_", 1)[1], op, dtype, draw_for(suite, op, dtype), request.node.nodeid)
 
 
-@pytest.mark.parametrize(("op", "case"), special_params(COMPOSITE_OPS))
-def test_composite_special(backend: Any, device: str, dtype: str, op: str, case: Case, recorder: Any) -> None:
+@fixed_cases(COMPOSITE_OPS)
+def test_composite_special(suite: Context, dtype: str, op: str, case: Case, request: Any) -> None:
+    need(suite, op, dtype)
     check = op.split("_", 1)[1]
-    ratio = run_in_test(check, backend, case, dtype=dtype, device=device, hypothesis=False)
-    recorder.record(op, dtype, "composite", ratio)
+    run_one(suite, check, case, dtype, request.node.nodeid)
+
+
+@mixed(COMPOSITE_OPS)
+def test_composite_mixed(suite: Context, op: str, case: Case, request: Any) -> None:
+    need(suite, op, MIXED)
+    check = op.split("_", 1)[1]
+    run_one(suite, check, case, MIXED, request.node.nodeid)

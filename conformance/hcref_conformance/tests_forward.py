@@ -1,28 +1,32 @@
 """Forward agreement: every output of every op against the float64 reference, with the
-output's shape and dtype (a dtype is preserved: float32 in, float32 out)."""
+output's shape and dtype (decision D12), on drawn cases, the fixed special cases (extreme
+activation scales and size-0 leading axes among them) and the mixed-precision cases."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from .cases import Case
-from .checks import run_in_test
-from .strategies import OP_NAMES, draw_case, special_params
+from .cases import MIXED, Case
+from .runner import Context, explore, run_one
+from .strategies import OP_NAMES
+from .suite import draw_for, fixed_cases, mixed, need
 
 
 @pytest.mark.parametrize("op", OP_NAMES)
-@given(data=st.data())
-def test_forward(backend: Any, device: str, dtype: str, op: str, recorder: Any, data: Any) -> None:
-    case = draw_case(data, op, dtype)
-    ratio = run_in_test("forward", backend, case, dtype=dtype, device=device, hypothesis=True)
-    recorder.record(op, dtype, "forward", ratio)
+def test_forward(suite: Context, dtype: str, op: str, request: Any) -> None:
+    need(suite, op, dtype)
+    explore(suite, "forward", op, dtype, draw_for(suite, op, dtype), request.node.nodeid)
 
 
-@pytest.mark.parametrize(("op", "case"), special_params(OP_NAMES))
-def test_forward_special(backend: Any, device: str, dtype: str, op: str, case: Case, recorder: Any) -> None:
-    ratio = run_in_test("forward", backend, case, dtype=dtype, device=device, hypothesis=False)
-    recorder.record(op, dtype, "forward", ratio)
+@fixed_cases(OP_NAMES)
+def test_forward_special(suite: Context, dtype: str, op: str, case: Case, request: Any) -> None:
+    need(suite, op, dtype)
+    run_one(suite, "forward", case, dtype, request.node.nodeid)
+
+
+@mixed(OP_NAMES)
+def test_forward_mixed(suite: Context, op: str, case: Case, request: Any) -> None:
+    need(suite, op, MIXED)
+    run_one(suite, "forward", case, MIXED, request.node.nodeid)

@@ -1,29 +1,33 @@
-"""VJP agreement: the backend's ``vjp`` of every op against the hand-derived reference
-``<op>_vjp`` for the same random cotangents (analytic against analytic, no finite
-differences on the backend)."""
+"""VJP agreement: the port's ``vjp`` of every op against the hand-derived reference ``<op>_vjp``
+for the same random cotangents (analytic against analytic, no finite differences on the port), on
+drawn cases, the fixed special cases and the mixed-precision cases; with a leading axis of size
+0 every parameter gradient must be exactly 0."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from .cases import Case
-from .checks import run_in_test
-from .strategies import OP_NAMES, draw_case, special_params
+from .cases import MIXED, Case
+from .runner import Context, explore, run_one
+from .strategies import OP_NAMES
+from .suite import draw_for, fixed_cases, mixed, need
 
 
 @pytest.mark.parametrize("op", OP_NAMES)
-@given(data=st.data())
-def test_vjp(backend: Any, device: str, dtype: str, op: str, recorder: Any, data: Any) -> None:
-    case = draw_case(data, op, dtype)
-    ratio = run_in_test("vjp", backend, case, dtype=dtype, device=device, hypothesis=True)
-    recorder.record(op, dtype, "vjp", ratio)
+def test_vjp(suite: Context, dtype: str, op: str, request: Any) -> None:
+    need(suite, op, dtype)
+    explore(suite, "vjp", op, dtype, draw_for(suite, op, dtype), request.node.nodeid)
 
 
-@pytest.mark.parametrize(("op", "case"), special_params(OP_NAMES))
-def test_vjp_special(backend: Any, device: str, dtype: str, op: str, case: Case, recorder: Any) -> None:
-    ratio = run_in_test("vjp", backend, case, dtype=dtype, device=device, hypothesis=False)
-    recorder.record(op, dtype, "vjp", ratio)
+@fixed_cases(OP_NAMES)
+def test_vjp_special(suite: Context, dtype: str, op: str, case: Case, request: Any) -> None:
+    need(suite, op, dtype)
+    run_one(suite, "vjp", case, dtype, request.node.nodeid)
+
+
+@mixed(OP_NAMES)
+def test_vjp_mixed(suite: Context, op: str, case: Case, request: Any) -> None:
+    need(suite, op, MIXED)
+    run_one(suite, "vjp", case, MIXED, request.node.nodeid)

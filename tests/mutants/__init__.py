@@ -1,12 +1,16 @@
-"""Deliberately broken backends: each is the NumPy reference backend with one mistake a real
-port makes. The conformance suite must fail on every one, naming the broken op
-(``tests/test_conformance_mutants.py``).
+"""Deliberately broken backends: each is a NumPy backend with one mistake a real port makes.
+The conformance suite must fail on every one, naming the broken op (and, where one exists, the
+named property it breaks) (``tests/test_conformance_mutants.py``).
 
 Forward mutants override one op and record it on the NumPy backend's tape, so their VJP is
 the reference's (of the correct function). VJP mutants swap one ``hcref.<op>_vjp`` for a
-broken one while their ``vjp`` runs.
+broken one while their ``vjp`` runs. Most start from ``hcref_numpy``; the mutants of the
+mixed-precision, extreme-scale and empty-batch cases start from :class:`Exact`, a NumPy port
+that computes every op in float64 and rounds once to decision D12's result dtypes (the ideal
+port those cases assume), so that they are caught for their own mistake alone.
 
-Load one with ``--backend mutants:NAME`` and ``tests`` on ``PYTHONPATH``.
+Load one with ``--backend mutants:NAME`` and ``tests`` on ``PYTHONPATH``; ``dtypes`` says the
+dtypes (``mixed`` included) that show its mistake.
 """
 
 from __future__ import annotations
@@ -18,17 +22,20 @@ import numpy as np
 from hcref_numpy import NumpyBackend, _Record
 
 import hcref
-from hcref.optable import OPS
+from hcref.optable import OPS, OpSpec
 
 Patch = Callable[[Callable[..., Any]], Callable[..., Any]]
 """Turns a reference VJP into a broken one."""
 
 
 class Mutant(NumpyBackend):
-    """A NumPy backend with one mistake; ``broken_op`` names the op the suite must blame."""
+    """A NumPy backend with one mistake; ``broken_op`` names the op the suite must blame and
+    ``broken_property`` the named property that departs (when one covers the mistake)."""
 
     broken_op = ""
+    broken_property = ""
     description = ""
+    dtypes = "float64"
     vjp_patches: ClassVar[dict[str, Patch]] = {}
 
     def _emit(self, name: str, out: Any, *args: Any, **kwargs: Any) -> Any:
@@ -61,6 +68,7 @@ def _coeffs_with_norm(H: np.ndarray, params: Mapping[str, np.ndarray], static_al
 
 class TransposedMix(Mutant):
     broken_op, description = "hc_width", "stream mixing uses A_r instead of A_r^T"
+    broken_property = "hc-mixing"
 
     def hc_width(self, H: Any, alpha: Any) -> Any:
         hcref.hc_width(H, alpha)
@@ -102,6 +110,7 @@ class NormWithoutMean(Mutant):
 
 class LayerNormEps(Mutant):
     broken_op, description = "fc_coeffs", "LayerNorm eps 1e-3 instead of 1e-5"
+    broken_property = "fc-norm-eps"
 
     def fc_coeffs(self, H: Any, params: Any, **options: Any) -> Any:
         out = hcref.fc_coeffs(H, params, **options)
@@ -115,6 +124,7 @@ class LayerNormEps(Mutant):
 
 class FcOuterWrite(Mutant):
     broken_op, description = "fc_depth", "FC write as a dense outer product (every fraction gets the sum)"
+    broken_property = "fc-write"
 
     def fc_depth(self, y: Any, H_res: Any, beta: Any) -> Any:
         hcref.fc_depth(y, H_res, beta)
@@ -124,6 +134,7 @@ class FcOuterWrite(Mutant):
 
 class FracConcatOrder(Mutant):
     broken_op, description = "fc_width", "read fractions concatenated in reverse order"
+    broken_property = "fc-read"
 
     def fc_width(self, H: Any, alpha: Any) -> Any:
         h0, H_res = hcref.fc_width(H, alpha)
@@ -133,6 +144,7 @@ class FracConcatOrder(Mutant):
 
 class FracSplitStrided(Mutant):
     broken_op, description = "frac_split", "fractions taken strided (interleaved) instead of contiguous"
+    broken_property = "fc-ends"
 
     def frac_split(self, x: Any, m: int) -> Any:
         out = hcref.frac_split(x, m)
@@ -142,6 +154,7 @@ class FracSplitStrided(Mutant):
 
 class ReduceMean(Mutant):
     broken_op, description = "reduce", "streams averaged instead of summed"
+    broken_property = "hc-ends"
 
     def reduce(self, H: Any) -> Any:
         return self._emit("reduce", hcref.reduce(H) / H.shape[-2], H)
@@ -168,6 +181,67 @@ class SilentBroadcast(Mutant):
 
     def hc_depth(self, y: Any, H_res: Any, beta: Any) -> Any:
         return self._emit("hc_depth", beta[..., :, None] * y[..., None, :] + H_res, y, H_res, beta)
+
+
+class StreamsBeyondFour(Mutant):
+    broken_op, description = "hc_width", "the mix ignores input streams beyond the fourth"
+    broken_property = "hc-beyond-4"
+
+    def hc_width(self, H: Any, alpha: Any) -> Any:
+        hcref.hc_width(H, alpha)
+        seen = H.copy()
+        seen[..., 4:, :] = 0  # input streams beyond the fourth never reach the mix
+        return self._emit("hc_width", hcref.hc_width(seen, alpha), H, alpha)
+
+
+class BroadcastY(Mutant):
+    broken_op, description = "hc_depth", "a y with a size-1 last axis is broadcast instead of rejected"
+
+    def hc_depth(self, y: Any, H_res: Any, beta: Any) -> Any:
+        if y.shape[-1] == 1 and H_res.shape[-1] != 1:
+            y = np.broadcast_to(y, y.shape[:-1] + H_res.shape[-1:])
+        return self._emit("hc_depth", hcref.hc_depth(y, H_res, beta), y, H_res, beta)
+
+
+class WrongException(Mutant):
+    broken_op, description = "fc_coeffs", "a missing parameter key raises KeyError, not ValueError"
+
+    def fc_coeffs(self, H: Any, params: Any, **options: Any) -> Any:
+        for key in ("Y", "A", "B"):
+            if key not in params:
+                raise KeyError(key)
+        return self._emit("fc_coeffs", hcref.fc_coeffs(H, params, **options), H, params, **options)
+
+
+class SwitchDropped(Mutant):
+    broken_op, description = "hc_coeffs", "the dynamic rmsnorm path ignores use_tanh=False"
+
+    def hc_coeffs(self, H: Any, params: Any, **options: Any) -> Any:
+        used = {**options, "use_tanh": True} if options.get("norm") == "rmsnorm" else options
+        return self._emit("hc_coeffs", hcref.hc_coeffs(H, params, **used), H, params, **options)
+
+
+def _textbook_layernorm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """LayerNorm as usually written, in the input's dtype: its squares overflow at 1e20 in float32."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        xc = x - x.mean(axis=-1, keepdims=True)
+        return weight * xc / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + np.asarray(1e-5, x.dtype)) + bias
+
+
+class ScaleUnsafeNorm(Mutant):
+    broken_op, description = "fc_coeffs", "textbook LayerNorm in float32: the sum of squares overflows at 1e20"
+    broken_property = "fc-scale-safe"
+    dtypes = "float32"
+
+    def fc_coeffs(self, H: Any, params: Any, **options: Any) -> Any:
+        out = hcref.fc_coeffs(H, params, **options)
+        if "W_alpha" in params and options.get("norm", "layernorm") == "layernorm":
+            def norm(x: np.ndarray) -> np.ndarray:
+                return _textbook_layernorm(x, params["norm_weight"], params["norm_bias"])
+
+            out = _coeffs_with_norm(H, params, np.concatenate([params["Y"], params["A"]], axis=1), norm, options)
+            out = tuple(np.asarray(o, dtype=H.dtype) for o in out)
+        return self._emit("fc_coeffs", out, H, params, **options)
 
 
 def _grads_averaged(vjp: Callable[..., Any]) -> Callable[..., Any]:
@@ -210,6 +284,119 @@ class GateGradDropped(Mutant):
     vjp_patches: ClassVar[dict[str, Patch]] = {"fc_coeffs_vjp": _gate_grad_zero}
 
 
+# --- an exact port (decision D12) and the mutants of the cases that assume one ---------------------
+
+
+def _dtype_of(x: Any) -> str:
+    return str(np.asarray(x).dtype)
+
+
+def _d12(op: str, output: str, args: tuple[Any, ...]) -> str:
+    """Decision D12's dtype of ``output`` of ``op`` (ends keep, coefficients promote, width/depth keep
+    the state's dtype)."""
+    spec = OPS[op]
+    dtypes: dict[str, str] = {}
+    for name, value in zip(spec.inputs, args, strict=True):
+        if isinstance(value, Mapping):
+            dtypes[name] = str(np.result_type(*value.values()))
+        elif isinstance(value, np.ndarray):
+            dtypes[name] = _dtype_of(value)
+    if op.endswith("_coeffs"):
+        return str(np.result_type(*dtypes.values()))
+    if op.endswith("_width"):
+        return dtypes["H"]
+    if op.endswith("_depth"):
+        return str(np.result_type(dtypes["y"], dtypes["H_res"]))
+    return next(iter(dtypes.values()))
+
+
+def _up(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {k: np.asarray(v, dtype=np.float64) for k, v in x.items()}
+    return np.asarray(x, dtype=np.float64) if isinstance(x, np.ndarray) else x
+
+
+class Exact(NumpyBackend):
+    """Every op computed in float64 from its inputs and rounded once to D12's result dtype; VJPs
+    computed in float64 and rounded to each primal's dtype: the ideal port of the mixed-precision,
+    extreme-scale and empty-batch cases (not a mutant; it must pass them all)."""
+
+    name = "exact_numpy"
+    dtypes = "float64,float32,float16,mixed"
+
+    def _call(self, spec: OpSpec, *args: Any, **kwargs: Any) -> Any:
+        out = getattr(hcref, spec.name)(*[_up(a) for a in args], **kwargs)
+        outs = out if isinstance(out, tuple) else (out,)
+        outs = tuple(np.asarray(o, dtype=_d12(spec.name, name, args)) for o, name in
+                     zip(outs, spec.outputs, strict=True))
+        if self._tape is not None:
+            self._tape.append(_Record(spec, args, kwargs, outs))
+        return outs if isinstance(out, tuple) else outs[0]
+
+    def vjp(self, fn: Callable[..., Any], primals: Any, cotangents: Any) -> tuple[Any, ...]:
+        tape: list[_Record] = []
+        self._tape = tape
+        try:
+            out = fn(*primals)
+        finally:
+            self._tape = None
+        outs = out if isinstance(out, tuple) else (out,)
+        grads: dict[int, np.ndarray] = {}
+        keep: dict[int, Any] = {}
+        for o, g in zip(outs, cotangents, strict=True):
+            grads[id(o)] = np.asarray(g, dtype=np.float64)
+            keep[id(o)] = o
+        for rec in reversed(tape):
+            g_outs = [grads.get(id(o)) for o in rec.outputs]
+            if all(g is None for g in g_outs):
+                continue
+            g_outs = [np.zeros(np.shape(o)) if g is None else g for o, g in zip(rec.outputs, g_outs, strict=True)]
+            results = getattr(hcref, rec.spec.vjp_name)(*[_up(a) for a in rec.args], *g_outs, **rec.kwargs)
+            for name, g in zip(rec.spec.differentiable, results, strict=True):
+                arg = rec.args[rec.spec.inputs.index(name)]
+                pairs = [(v, g[k]) for k, v in arg.items()] if isinstance(arg, Mapping) else [(arg, g)]
+                for value, grad in pairs:
+                    grads[id(value)] = grads[id(value)] + grad if id(value) in grads else np.asarray(grad)
+                    keep[id(value)] = value
+
+        def grad_of(x: Any) -> np.ndarray:
+            return np.asarray(grads.get(id(x), np.zeros(np.shape(x))), dtype=np.asarray(x).dtype)
+
+        return tuple({k: grad_of(v) for k, v in p.items()} if isinstance(p, Mapping) else grad_of(p) for p in primals)
+
+
+class ExactMutant(Exact, Mutant):
+    """A mutant of :class:`Exact`."""
+
+
+class MixedPromotes(ExactMutant):
+    broken_op = "hc_width"
+    description = "float32 alpha on a half state returns float32 (promoted), not the state's dtype"
+    broken_property = "hc-mixed"
+    dtypes = "mixed"
+
+    def hc_width(self, H: Any, alpha: Any) -> Any:
+        h0, H_res = hcref.hc_width(_up(H), _up(alpha))
+        dtype = np.result_type(H, alpha)
+        return self._emit("hc_width", (h0.astype(dtype), H_res.astype(dtype)), H, alpha)
+
+
+def _empty_garbage(vjp: Callable[..., Any]) -> Callable[..., Any]:
+    def broken(H: np.ndarray, params: Any, g_alpha: Any, g_beta: Any, **options: Any) -> Any:
+        g_H, g_params = vjp(H, params, g_alpha, g_beta, **options)
+        if 0 in H.shape[:-2]:
+            g_params = {k: np.full_like(v, 1e-300) for k, v in g_params.items()}
+        return g_H, g_params
+
+    return broken
+
+
+class EmptyBatchGarbage(Mutant):
+    broken_op, description = "hc_coeffs", "with no tokens the parameter gradients are tiny garbage, not 0"
+    broken_property = "hc-empty"
+    vjp_patches: ClassVar[dict[str, Patch]] = {"hc_coeffs_vjp": _empty_garbage}
+
+
 MUTANTS: dict[str, Mutant] = {
     "transposed_mix": TransposedMix(),
     "tanh_dropped": TanhDropped(),
@@ -226,9 +413,19 @@ MUTANTS: dict[str, Mutant] = {
     "grad_not_summed": GradNotSummed(),
     "vjp_term_dropped": VjpTermDropped(),
     "gate_grad_dropped": GateGradDropped(),
+    "streams_beyond_four": StreamsBeyondFour(),
+    "broadcast_y": BroadcastY(),
+    "wrong_exception": WrongException(),
+    "switch_dropped": SwitchDropped(),
+    "scale_unsafe_norm": ScaleUnsafeNorm(),
+    "mixed_promotes": MixedPromotes(),
+    "empty_batch_garbage": EmptyBatchGarbage(),
 }
 """Every mutant by name; ``--backend mutants:NAME`` loads one (module attributes below)."""
 
 for _name, _mutant in MUTANTS.items():
     _mutant.name = f"mutant_{_name}"
 globals().update(MUTANTS)
+
+exact = Exact()
+"""The exact port itself (``--backend mutants:exact``): it must pass every case."""

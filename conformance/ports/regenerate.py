@@ -1,0 +1,142 @@
+"""Regenerate ``docs/conformance-of-public-implementations.md``: every public implementation with an
+adapter in this folder, run through the conformance suite, with the named properties that hold,
+those that depart and the smallest input that shows each.
+
+    python conformance/ports/regenerate.py                 # all ports, float64 and float32, quick profile
+    python conformance/ports/regenerate.py --out /tmp/x.md --dtypes float64
+
+Each port runs in its own interpreter (``python -m hcref_conformance --backend FILE:port``); a port
+whose library is not installed is listed as such. The page holds no timings or dates, so it only
+changes when a verdict does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+DEFAULT_OUT = os.path.join(ROOT, "docs", "conformance-of-public-implementations.md")
+
+
+@dataclass(frozen=True)
+class Port:
+    """A public implementation and its adapter in this folder."""
+
+    file: str
+    library: str
+    project: str
+    install: str
+    adapter_needed: str
+
+
+PORTS = (
+    Port(
+        "lucidrains_hyper_connections.py", "hyper-connections",
+        "lucidrains/hyper-connections (PyPI `hyper-connections`)",
+        'pip install "hyper-connections==0.4.11"',
+        "HC and FC are one module, `HyperConnections(n, dim, num_fracs=m)`, run whole through the module-level "
+        "entry (`site()`), with the contract's parameters swapped in by `torch.func.functional_call` and the "
+        "suite's sublayer as the module's `branch`. Reshapes only between the library's layouts (streams folded "
+        "into the batch axis, fractions merged) and the contract's. Parameter map: `static_alpha = [A_m | A_r]`, "
+        "`norm.gamma = norm_weight - 1` (its RMSNorm scales by 1 + gamma); for FC the library interleaves the "
+        "read and residual columns per fraction, and its write projection is (e, m): every column is set to "
+        "`W_beta`, so the diagonal of its (m, m) write equals the contract's and the off-diagonal terms stay as "
+        "the library computes them. Initial values are read off a fresh module. Declared: rmsnorm with epsilon "
+        "0, only `use_tanh` switchable, dynamic only, no mixed precision.",
+    ),
+)
+"""Every adapter the page covers (an mHC adapter joins once mHC is in the suite)."""
+
+
+def run_port(port: Port, dtypes: str, profile: str, tmp: str) -> dict[str, Any] | None:
+    """The port's JSON report, or ``None`` when its library is not installed."""
+    import importlib.util
+
+    module = port.library.replace("-", "_")
+    if importlib.util.find_spec(module) is None:
+        return None
+    report = os.path.join(tmp, port.file + ".json")
+    command = [sys.executable, "-m", "hcref_conformance", "--backend", os.path.join(HERE, port.file) + ":port",
+               "--dtypes", dtypes, "--profile", profile, "--report-json", report, "-q", "--", "-p", "no:warnings"]
+    subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False, timeout=1800)
+    with open(report, encoding="utf-8") as handle:
+        data: dict[str, Any] = json.load(handle)
+    return data
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render(results: list[tuple[Port, dict[str, Any] | None]], dtypes: str, profile: str) -> str:
+    """The page's Markdown."""
+    lines = [
+        "# Conformance of public implementations",
+        "",
+        "Public implementations of hyper-connections run through hcref's conformance suite, each through an "
+        "adapter in `conformance/ports/` (the library's own code paths, its own initialisation, what it declares "
+        "it supports). A *named property* is one sentence of the papers or of the decisions, checked on the "
+        "smallest input that shows it; *departs* means the library computes something else there, with the input "
+        "and what differs. What a library does not declare is n/a, never a failure.",
+        "",
+        f"Regenerate with `python conformance/ports/regenerate.py` (dtypes {dtypes}, profile {profile}).",
+    ]
+    for port, doc in results:
+        lines += ["", f"## {port.project}", ""]
+        if doc is None:
+            lines += [f"Not installed here (`{port.install}`); run the command above where it is."]
+            continue
+        lines += [f"- version: **{doc['name']} {doc['version']}** ({doc['framework_version']}); install: "
+                  f"`{port.install}`; adapter: `conformance/ports/{port.file}`",
+                  f"- what the adapter needed: {port.adapter_needed}",
+                  "- declared: " + "; ".join(line.strip().removeprefix("declares: ") for line in doc["declared"]),
+                  "", "### Named properties", "",
+                  "| property | source | verdict | input that shows it | what differs |", "|---|---|---|---|---|"]
+        for p in doc["properties"]:
+            shown = p["input"] if p["verdict"] not in ("holds", "n/a") else ""
+            detail = p["detail"] if p["verdict"] != "holds" else ""
+            lines.append(f"| {_cell(p['name'])} | {_cell(p['source'])} | **{p['verdict']}** | {_cell(shown)} | "
+                         f"{_cell(detail)} |")
+        lines += ["", "### Whole sites, networks and Pre-Norm at init (random and fixed cases)", "",
+                  "| check | dtype | status | reason classes |", "|---|---|---|---|"]
+        for row in doc["rows"]:
+            if row["op"].endswith(("_site", "_network", "_prenorm")) and row["status"] != "n/a":
+                lines.append(f"| {row['op']} | {row['dtype']} | {row['status']} | {', '.join(row['reasons'])} |")
+        failures = [f for f in doc["failures"] if f["check"] != "property"]
+        if failures:
+            lines += ["", "Smallest failing cases of the checks above (rerun any with the repro in the suite's "
+                      "report):", ""]
+            seen = set()
+            for f in failures:
+                key = (f["op"], f["dtype"], f["reason"], f["label"])
+                if key not in seen:
+                    seen.add(key)
+                    lines.append(f"- {f['op']} {f['dtype']} [{f['reason']}] {f['label']}: `{f['case']}`")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=DEFAULT_OUT)
+    parser.add_argument("--dtypes", default="float64,float32")
+    parser.add_argument("--profile", default="quick")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [(port, run_port(port, args.dtypes, args.profile, tmp)) for port in PORTS]
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as handle:
+        handle.write(render(results, args.dtypes, args.profile))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
