@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 DATA = Path(__file__).resolve().parent / "data" / "tiny.txt"
-MODES = ("residual", "hc", "fc")
+MODES = ("residual", "hc", "fc", "mhc")
 VAL_FRACTION = 0.1
 
 
@@ -41,7 +41,7 @@ class Run:
 
 
 def default_rate(mode: str, rate: int | None) -> int:
-    return rate if rate is not None else {"hc": 4, "fc": 2}.get(mode, 1)
+    return rate if rate is not None else {"hc": 4, "mhc": 4, "fc": 2}.get(mode, 1)
 
 
 def load_data() -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -71,9 +71,15 @@ def is_eval_step(step: int, steps: int, every: int) -> bool:
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=MODES, nargs="+", default=["hc"], help="one or more of residual, hc, fc")
+    p.add_argument("--mode", choices=MODES, nargs="+", default=["hc"], help="one or more of residual, hc, fc, mhc")
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--rate", type=int, default=None, help="n for hc (default 4), m for fc (default 2)")
+    p.add_argument("--rate", type=int, default=None, help="n for hc and mhc (default 4), m for fc (default 2)")
+    p.add_argument(
+        "--mhc-head",
+        action="store_true",
+        help="end mhc with DeepSeek-V4's learned MHCHead instead of the sum Reduce() (the mHC paper names "
+        "no reduce; hcref's default is the sum, as HC: math.md A15)",
+    )
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds (seed, seed+1, ...): mean and spread")
     p.add_argument("--eval-every", type=int, default=50, help="validation loss every this many steps")
@@ -82,7 +88,7 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
         "--save",
         type=Path,
         default=None,
-        help="save the connections of each hc/fc run as an hcref checkpoint (.safetensors); "
+        help="save the connections of each hc/fc/mhc run as an hcref checkpoint (.safetensors); "
         "with several modes or seeds '-<mode>-seed<k>' is added to the name",
     )
     return p

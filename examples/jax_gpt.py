@@ -1,19 +1,24 @@
 """A tiny character-level GPT on examples/data/tiny.txt whose residual connections are plain
-residuals, Hyper-Connections or Frac-Connections (hcref_jax, Flax NNX), trained on CPU with optax.
+residuals, Hyper-Connections, Frac-Connections or Manifold-Constrained Hyper-Connections
+(hcref_jax, Flax NNX), trained on CPU with optax.
 
     python examples/jax_gpt.py --mode hc --rate 4 --steps 300
     python examples/jax_gpt.py --mode fc --rate 2
+    python examples/jax_gpt.py --mode mhc --rate 4            # add --mhc-head for V4's learned reduce
     python examples/jax_gpt.py --mode residual
-    python examples/jax_gpt.py --mode residual hc fc --seeds 3 --plot curves.png   # mean +- spread
+    python examples/jax_gpt.py --mode residual hc mhc --seeds 3 --plot curves.png   # mean +- spread
     python examples/jax_gpt.py --mode hc --save hc.safetensors && python -m hcref.viz hc.safetensors
 
-The same model as examples/torch_gpt.py. Every attention and every MLP sublayer is one residual
-site (Pre-Norm: the sublayer carries its own LayerNorm). ``hc``: ``Expand(n)`` after the embedding,
-one ``HyperConnections`` per sublayer with ``layer_index`` counting sublayers, ``Reduce()`` before
-the final norm. ``fc``: ``FracSplit(m)``, one ``FracConnections`` per sublayer, ``FracMerge()``.
-The training step is one ``jax.jit``-ed pure function of the model's split state (``nnx.split`` /
-``nnx.merge``) and the optax state. The last 10% of the text is held out: the validation loss on
-it is printed every ``--eval-every`` steps (see examples/_gpt_common.py).
+The same model as examples/torch_gpt.py. Every attention and every MLP sublayer is one residual site
+(Pre-Norm: the sublayer carries its own LayerNorm). ``hc``: ``Expand(n)`` after the embedding, one
+``HyperConnections`` per sublayer with ``layer_index`` counting sublayers, ``Reduce()`` before the
+final norm. ``fc``: ``FracSplit(m)``, one ``FracConnections`` per sublayer, ``FracMerge()``.
+``mhc``: ``Expand(n)``, one ``ManifoldHyperConnections`` per sublayer (preset ``hc_like``, 20
+Sinkhorn iterations), ``Reduce()`` (the mHC paper names no final reduce; hcref's default is HC's
+sum, math.md A15) or, with ``--mhc-head``, DeepSeek-V4's learned ``MHCHead``. The training step is
+one ``jax.jit``-ed pure function of the model's split state (``nnx.split`` / ``nnx.merge``) and the
+optax state. The last 10% of the text is held out: the validation loss on it is printed every
+``--eval-every`` steps (see examples/_gpt_common.py).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from hcref_jax.mhc_modules import ManifoldHyperConnections, MHCHead
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _gpt_common as common
@@ -66,13 +72,24 @@ class MLP(nnx.Module):
 
 
 class GPT(nnx.Module):
-    """idx (batch, time) -> logits (batch, time, vocab); ``mode`` is residual, hc (rate = n) or fc (rate = m)."""
+    """idx (batch, time) -> logits (batch, time, vocab); ``mode`` is residual, hc (rate = n), fc (rate = m)
+    or mhc (rate = n; ``mhc_head``: end with ``MHCHead`` instead of ``Reduce()``)."""
 
     def __init__(
-        self, vocab: int, *, d: int, layers: int, heads: int, context: int, mode: str, rate: int, rngs: nnx.Rngs
+        self,
+        vocab: int,
+        *,
+        d: int,
+        layers: int,
+        heads: int,
+        context: int,
+        mode: str,
+        rate: int,
+        rngs: nnx.Rngs,
+        mhc_head: bool = False,
     ) -> None:
-        if mode not in ("residual", "hc", "fc"):
-            raise ValueError(f"mode: expected 'residual', 'hc' or 'fc', got {mode!r}")
+        if mode not in common.MODES:
+            raise ValueError(f"mode: expected one of {', '.join(map(repr, common.MODES))}, got {mode!r}")
         self.mode, self.rate = mode, rate
         self.tok = nnx.Embed(vocab, d, rngs=rngs)
         self.pos = nnx.Embed(context, d, rngs=rngs)
@@ -88,6 +105,9 @@ class GPT(nnx.Module):
         elif mode == "fc":
             connections = [hcref_jax.FracConnections(rate, d) for _ in range(len(self.sublayers))]
             begin, end = hcref_jax.FracSplit(rate), hcref_jax.FracMerge()
+        elif mode == "mhc":
+            connections = [ManifoldHyperConnections(rate, d, k) for k in range(len(self.sublayers))]
+            begin, end = hcref_jax.Expand(rate), MHCHead(rate, d) if mhc_head else hcref_jax.Reduce()
         self.connections = nnx.List(connections)
         self.begin, self.end = nnx.data(begin), nnx.data(end)
         self.norm = nnx.LayerNorm(d, rngs=rngs)
@@ -121,17 +141,19 @@ def train(
     log_every: int = 50,
     eval_every: int = 50,
     eval_batches: int = 4,
+    mhc_head: bool = False,
     save: Path | None = None,
     verbose: bool = True,
 ) -> common.Run:
     """Train for ``steps`` steps; returns the run (training loss of every step, validation loss at
-    steps ``0, eval_every, 2 eval_every, ...`` and the last). ``save``: write the connections (hc/fc)
-    as an hcref checkpoint, with their mean coefficients recorded on one held-out batch."""
+    steps ``0, eval_every, 2 eval_every, ...`` and the last). ``save``: write the connections
+    (hc/fc/mhc, and the ``MHCHead`` with ``mhc_head``) as an hcref checkpoint, with their mean
+    coefficients recorded on one held-out batch."""
     rate = common.default_rate(mode, rate)
     chars, data, val_ids = common.load_data()
     val = common.val_windows(val_ids, context=context, batch=batch, batches=eval_batches)
     model = GPT(len(chars), d=d, layers=layers, heads=heads, context=context, mode=mode, rate=rate,
-                rngs=nnx.Rngs(seed))
+                rngs=nnx.Rngs(seed), mhc_head=mhc_head)
     graphdef, params = nnx.split(model)
     tx = optax.adamw(lr, weight_decay=0.0)
     opt_state = tx.init(params)
@@ -185,7 +207,7 @@ def main(argv: list[str] | None = None) -> list[common.Run]:
         for seed in range(args.seed, args.seed + args.seeds):
             save = common.checkpoint_path(args.save, mode, seed, several) if args.save else None
             runs.append(train(mode, steps=args.steps, rate=args.rate, seed=seed, eval_every=args.eval_every,
-                              log_every=args.steps if several else 50, save=save))
+                              mhc_head=args.mhc_head, log_every=args.steps if several else 50, save=save))
     print(common.summarize(runs))
     if args.plot:
         print(f"loss curves: {common.plot(runs, args.plot, 'jax_gpt')}")

@@ -1,17 +1,24 @@
 """A tiny character-level GPT on examples/data/tiny.txt whose residual connections are plain
-residuals, Hyper-Connections or Frac-Connections (hcref_torch), trained on CPU.
+residuals, Hyper-Connections, Frac-Connections or Manifold-Constrained Hyper-Connections
+(hcref_torch), trained on CPU.
 
     python examples/torch_gpt.py --mode hc --rate 4 --steps 300
     python examples/torch_gpt.py --mode fc --rate 2
+    python examples/torch_gpt.py --mode mhc --rate 4            # add --mhc-head for V4's learned reduce
     python examples/torch_gpt.py --mode residual
-    python examples/torch_gpt.py --mode residual hc fc --seeds 3 --plot curves.png   # mean +- spread
+    python examples/torch_gpt.py --mode residual hc mhc --seeds 3 --plot curves.png   # mean +- spread
     python examples/torch_gpt.py --mode hc --save hc.safetensors && python -m hcref.viz hc.safetensors
 
 Every attention and every MLP sublayer is one residual site (Pre-Norm: the sublayer carries its
 own LayerNorm). ``hc``: ``Expand(n)`` after the embedding, one ``HyperConnections`` per sublayer
 with ``layer_index`` counting sublayers, ``Reduce()`` before the final norm. ``fc``: ``FracSplit(m)``,
-one ``FracConnections`` per sublayer, ``FracMerge()``. The last 10% of the text is held out: the
-validation loss on it is printed every ``--eval-every`` steps (see examples/_gpt_common.py).
+one ``FracConnections`` per sublayer, ``FracMerge()``. ``mhc``: ``Expand(n)``, one
+``ManifoldHyperConnections`` per sublayer (preset ``hc_like``, 20 Sinkhorn iterations), ``Reduce()``
+(the mHC paper names no final reduce; hcref's default is HC's sum, math.md A15) or, with
+``--mhc-head``, DeepSeek-V4's learned ``MHCHead``. At init hc and mhc compute the residual model's
+logits (each stream is the Pre-Norm stream; the final LayerNorm removes the factor n). The last 10%
+of the text is held out: the validation loss on it is printed every ``--eval-every`` steps (see
+examples/_gpt_common.py).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import hcref_torch
 import hcref_torch.checkpoint
 import torch
 import torch.nn.functional as F
+from hcref_torch.mhc_modules import ManifoldHyperConnections, MHCHead
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,12 +69,15 @@ class MLP(nn.Module):
 
 
 class GPT(nn.Module):
-    """idx (batch, time) -> logits (batch, time, vocab); ``mode`` is residual, hc (rate = n) or fc (rate = m)."""
+    """idx (batch, time) -> logits (batch, time, vocab); ``mode`` is residual, hc (rate = n), fc (rate = m)
+    or mhc (rate = n; ``mhc_head``: end with ``MHCHead`` instead of ``Reduce()``)."""
 
-    def __init__(self, vocab: int, *, d: int, layers: int, heads: int, context: int, mode: str, rate: int) -> None:
+    def __init__(
+        self, vocab: int, *, d: int, layers: int, heads: int, context: int, mode: str, rate: int, mhc_head: bool = False
+    ) -> None:
         super().__init__()
-        if mode not in ("residual", "hc", "fc"):
-            raise ValueError(f"mode: expected 'residual', 'hc' or 'fc', got {mode!r}")
+        if mode not in common.MODES:
+            raise ValueError(f"mode: expected one of {', '.join(map(repr, common.MODES))}, got {mode!r}")
         self.mode, self.rate = mode, rate
         self.tok = nn.Embedding(vocab, d)
         self.pos = nn.Embedding(context, d)
@@ -79,6 +90,10 @@ class GPT(nn.Module):
         elif mode == "fc":
             self.connections.extend(hcref_torch.FracConnections(rate, d) for _ in range(len(self.sublayers)))
             self.begin, self.end = hcref_torch.FracSplit(rate), hcref_torch.FracMerge()
+        elif mode == "mhc":
+            self.connections.extend(ManifoldHyperConnections(rate, d, k) for k in range(len(self.sublayers)))
+            self.begin = hcref_torch.Expand(rate)
+            self.end = MHCHead(rate, d) if mhc_head else hcref_torch.Reduce()
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, vocab)
 
@@ -116,19 +131,22 @@ def train(
     log_every: int = 50,
     eval_every: int = 50,
     eval_batches: int = 4,
+    mhc_head: bool = False,
     save: Path | None = None,
     verbose: bool = True,
 ) -> common.Run:
     """Train for ``steps`` steps; returns the run (training loss of every step, validation loss at
-    steps ``0, eval_every, 2 eval_every, ...`` and the last). ``save``: write the connections (hc/fc)
-    as an hcref checkpoint, with their mean coefficients recorded on one held-out batch."""
+    steps ``0, eval_every, 2 eval_every, ...`` and the last). ``save``: write the connections
+    (hc/fc/mhc, and the ``MHCHead`` with ``mhc_head``) as an hcref checkpoint, with their mean
+    coefficients recorded on one held-out batch."""
     rate = common.default_rate(mode, rate)
     torch.manual_seed(seed)
     chars, train_ids, val_ids = common.load_data()
     data = torch.from_numpy(train_ids).long()
     val = [(torch.from_numpy(x).long(), torch.from_numpy(y).long())
            for x, y in common.val_windows(val_ids, context=context, batch=batch, batches=eval_batches)]
-    model = GPT(len(chars), d=d, layers=layers, heads=heads, context=context, mode=mode, rate=rate)
+    model = GPT(len(chars), d=d, layers=layers, heads=heads, context=context, mode=mode, rate=rate,
+                mhc_head=mhc_head)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     run = common.Run(mode, rate, seed, params=sum(p.numel() for p in model.parameters()))
@@ -170,7 +188,7 @@ def main(argv: list[str] | None = None) -> list[common.Run]:
         for seed in range(args.seed, args.seed + args.seeds):
             save = common.checkpoint_path(args.save, mode, seed, several) if args.save else None
             runs.append(train(mode, steps=args.steps, rate=args.rate, seed=seed, eval_every=args.eval_every,
-                              log_every=args.steps if several else 50, save=save))
+                              mhc_head=args.mhc_head, log_every=args.steps if several else 50, save=save))
     print(common.summarize(runs))
     if args.plot:
         print(f"loss curves: {common.plot(runs, args.plot, 'torch_gpt')}")
