@@ -1,6 +1,6 @@
 """Speed of one dynamic HC site in PyTorch: hcref_torch (eager, compiled) against the plain residual
-and lucidrains' ``hyper_connections``, timed in one process, interleaved (each repetition runs every
-candidate once, in turn), medians reported.
+and lucidrains' ``hyper_connections``, and one dynamic mHC site (hcref_torch eager), timed in one
+process, interleaved (each repetition runs every candidate once, in turn), medians reported.
 
     python benchmarks/bench_torch.py            # n=4, 4096 tokens, d=1024, float32
     python benchmarks/bench_torch.py --quick    # tiny shapes, 1 repetition (a smoke run)
@@ -8,7 +8,11 @@ candidate once, in turn), medians reported.
 Site: H (tokens, n, d) -> H_out with a branch ``identity`` or ``mlp`` (d -> 4d -> d, GELU).
 hcref_torch runs with ``norm="rmsnorm"`` to match lucidrains' RMSNorm (which has no eps under
 its L2 normalisation, and a learned gain ``gamma + 1``); both compute tanh dynamic alpha and
-beta with scales. "fwd" is the forward under ``torch.no_grad()``; "fwd+bwd" is the forward and
+beta with scales. The mHC site (``ManifoldHyperConnections``, mHC paper Eqs. 7-9: flattened n*d RMS
+scaling, one projection to 2n+n^2 logits, sigmoid / 2 sigmoid / 20 Sinkhorn iterations, then
+``h_res H + h_post y^T``) has random projections ``phi`` and the default ``hc_like`` biases and gates;
+its rows have no lucidrains counterpart (the ``lucidrains/x`` column still divides lucidrains' HC
+time by the mHC time). "fwd" is the forward under ``torch.no_grad()``; "fwd+bwd" is the forward and
 ``backward`` of ``sum(H_out * G)`` with gradients for H, the site's and the branch's parameters.
 
 Memory ("peak MiB"): the peak resident memory one call adds, measured after the timings in the
@@ -35,6 +39,7 @@ from pathlib import Path
 
 import hcref_torch
 import torch
+from hcref_torch.mhc_modules import ManifoldHyperConnections
 from torch import nn
 
 
@@ -67,6 +72,9 @@ def build(n: int, tokens: int, d: int, branch_kind: str, seed: int) -> dict[str,
     hc = hcref_torch.HyperConnections(n, d, layer_index=1, norm="rmsnorm")
     lucid = _lucidrains(n, d, branch)
     _randomise(hc, lucid, seed)
+    mhc = ManifoldHyperConnections(n, d, layer_index=1)
+    with torch.no_grad():
+        mhc.phi.copy_(torch.randn(mhc.phi.shape, generator=torch.Generator().manual_seed(seed)) / (n * d) ** 0.5)
     H = torch.randn(1, tokens, n, d)
     H_lucid = H.permute(0, 2, 1, 3).reshape(n, tokens, d).contiguous()  # '(b s) t d'
     x = H.sum(dim=-2)
@@ -86,6 +94,7 @@ def build(n: int, tokens: int, d: int, branch_kind: str, seed: int) -> dict[str,
         "hcref eager": lambda: site(H),
         "hcref compiled": lambda: compiled(H),
         "lucidrains": lucid_run,
+        "hcref mHC eager": lambda: mhc(H, branch),
     }
 
 
@@ -146,7 +155,7 @@ def run(
         cands = build(n, tokens, d, branch_kind, seed)
         with torch.no_grad():
             ref = cands["hcref eager"]()
-            for name in ("hcref compiled", "lucidrains"):
+            for name in ("hcref compiled", "lucidrains"):  # the same HC site; mHC has no counterpart here
                 err = (cands[name]() - ref).abs().max().item() / ref.abs().max().item()
                 print(f"[{branch_kind}] max |{name} - hcref eager| / max |hcref eager| = {err:.2e}")
         grads = {name: torch.randn_like(f().detach()) for name, f in cands.items()}
@@ -187,7 +196,7 @@ def run(
 
 def report(results: dict[tuple[str, str, str], dict[str, float]], *, state_mib: float, x_mib: float) -> None:
     print(
-        f"\n{'branch':9} {'mode':8} {'candidate':15} {'median ms':>10} {'vs residual':>12} {'lucidrains/x':>13}"
+        f"\n{'branch':9} {'mode':8} {'candidate':16} {'median ms':>10} {'vs residual':>12} {'lucidrains/x':>13}"
         f" {'peak MiB':>9} {'vs residual':>12}"
     )
     for (branch_kind, mode, name), r in results.items():
@@ -196,7 +205,7 @@ def report(results: dict[tuple[str, str, str], dict[str, float]], *, state_mib: 
         t, mem = r["seconds"], r["peak_mib"]
         mem_ratio = mem / base["peak_mib"] if base["peak_mib"] > 0 else float("nan")
         print(
-            f"{branch_kind:9} {mode:8} {name:15} {1e3 * t:10.2f} {t / base['seconds']:11.2f}x {lucid / t:12.2f}x"
+            f"{branch_kind:9} {mode:8} {name:16} {1e3 * t:10.2f} {t / base['seconds']:11.2f}x {lucid / t:12.2f}x"
             f" {mem:9.1f} {mem_ratio:11.2f}x"
         )
     print(

@@ -25,7 +25,7 @@ def _load(relpath: str) -> ModuleType:
     return module
 
 
-@pytest.mark.parametrize(("mode", "rate"), [("residual", None), ("hc", 4), ("hc", 2), ("fc", 2)])
+@pytest.mark.parametrize(("mode", "rate"), [("residual", None), ("hc", 4), ("hc", 2), ("fc", 2), ("mhc", 2)])
 def test_gpt_loss_is_finite_and_decreases(mode: str, rate: int | None) -> None:
     gpt = _load("examples/torch_gpt.py")
     run = gpt.train(mode, steps=20, rate=rate, seed=0, verbose=False, eval_every=10, eval_batches=1)
@@ -44,6 +44,48 @@ def test_gpt_main_prints_the_loss(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(runs) == 1 and len(runs[0].train) == 3
     out = capsys.readouterr().out
     assert "step    0  loss" in out and "val" in out and "mode=fc rate=4" in out
+
+
+def test_gpt_hc_and_mhc_at_init_match_the_residual_model() -> None:
+    """With the same sublayer weights, the HC and mHC models at init compute the residual model's
+    logits (HC paper Eq. 14; math.md 4.4: with equal streams a row-stochastic h_res keeps them equal
+    and h_post = 2 sigmoid(0) = 1; the final LayerNorm removes the factor n of the sum reduce, and the
+    sigmoid(0) = 1/2 weights of MHCHead)."""
+    import torch
+
+    gpt = _load("examples/torch_gpt.py")
+    kw = {"d": 32, "layers": 1, "heads": 2, "context": 8}
+    idx = torch.randint(0, 11, (2, 8), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    expected = gpt.GPT(11, mode="residual", rate=1, **kw)(idx)
+    for mode, rate, head in [("hc", 3, False), ("mhc", 4, False), ("mhc", 3, True)]:
+        torch.manual_seed(0)  # connection modules draw no random numbers: the same sublayer weights
+        model = gpt.GPT(11, mode=mode, rate=rate, mhc_head=head, **kw)
+        torch.testing.assert_close(model(idx), expected, rtol=1e-4, atol=1e-4)
+    model = gpt.GPT(11, mode="mhc", rate=4, mhc_head=True, **kw)
+    from hcref_torch.mhc_modules import ManifoldHyperConnections, MHCHead
+
+    assert [type(c) for c in model.connections] == [ManifoldHyperConnections] * 2
+    assert [c.layer_index for c in model.connections] == [0, 1]
+    assert isinstance(model.end, MHCHead)
+    with pytest.raises(ValueError, match="mode: expected one of 'residual', 'hc', 'fc', 'mhc', got 'dense'"):
+        gpt.GPT(11, mode="dense", rate=2, **kw)
+
+
+def test_gpt_mhc_main_saves_sites_and_head(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--mode mhc --mhc-head --save``: a couple of steps, then a checkpoint holding the four mHC
+    sites (with their mean coefficients) and the learned head."""
+    import hcref.checkpoint
+
+    gpt = _load("examples/torch_gpt.py")
+    path = tmp_path / "mhc.safetensors"
+    runs = gpt.main(["--mode", "mhc", "--mhc-head", "--steps", "2", "--rate", "3", "--save", str(path)])
+    assert len(runs) == 1 and len(runs[0].train) == 2 and all(math.isfinite(x) for x in runs[0].train)
+    assert "mode=mhc rate=3" in capsys.readouterr().out
+    sites = hcref.checkpoint.load(path)
+    expected = [(f"connections.{k}", "mhc", 3, k) for k in range(4)] + [("end", "mhc_head", 3, None)]
+    assert [(s.name, s.family, s.rate, s.layer_index) for s in sites] == expected
+    assert all(s.stats_tokens == 16 * 64 and s.stats["mean_h_res"].shape == (3, 3) for s in sites[:4])
 
 
 def test_gpt_seeds_plot_and_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -74,7 +116,7 @@ def test_gpt_seeds_plot_and_checkpoint(tmp_path: Path, capsys: pytest.CaptureFix
 def test_bench_quick_runs(capsys: pytest.CaptureFixture[str]) -> None:
     bench = _load("benchmarks/bench_torch.py")
     results = bench.main(["--quick"])
-    candidates = {"residual", "hcref eager", "hcref compiled", "lucidrains"}
+    candidates = {"residual", "hcref eager", "hcref compiled", "lucidrains", "hcref mHC eager"}
     assert {key[2] for key in results} == candidates
     assert {(key[0], key[1]) for key in results} == {(b, m) for b in ("identity", "mlp") for m in ("fwd", "fwd+bwd")}
     assert all(r["seconds"] > 0 for r in results.values())
