@@ -9,7 +9,9 @@ Site: H (tokens, n, d) -> H_out with a branch ``identity`` or ``mlp`` (d -> 4d -
 branch's weights passed as arguments. Candidates, each one ``jax.jit``-ed function:
 ``residual`` is ``x + branch(x)`` on x (tokens, d); ``hcref ops`` is the site written with the
 functional ops (``hc_coeffs`` -> ``hc_width`` -> branch -> ``hc_depth``) on the parameter dict;
-``hcref module`` is the ``HyperConnections`` NNX module called around the branch under ``nnx.jit``.
+``hcref module`` is the ``HyperConnections`` NNX module called around the branch under ``nnx.jit``;
+``hcref mHC module`` the same for one ``ManifoldHyperConnections`` site (mHC paper Eqs. 7-9, 20
+Sinkhorn iterations; random ``phi``, the ``hc_like`` biases and gates).
 hcref runs with ``norm="rmsnorm"`` (as benchmarks/bench_torch.py, for comparable figures), tanh and
 scales on, random dynamic weights. "fwd" is the forward; "fwd+bwd" is ``jax.value_and_grad`` of
 ``sum(H_out * G)`` for H (x for the residual), the site's and the branch's parameters: the loss value
@@ -47,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from hcref_jax.mhc_modules import ManifoldHyperConnections
 
 NORM = "rmsnorm"
 
@@ -82,6 +85,8 @@ def build(
     hc.W_alpha[...] = jnp.asarray(rng.normal(size=(d, n + 1)) / d**0.5, f32)
     hc.W_beta[...] = jnp.asarray(rng.normal(size=(d,)) / d**0.5, f32)
     params = hc.params()
+    mhc = ManifoldHyperConnections(n, d, 1)
+    mhc.phi[...] = jnp.asarray(rng.normal(size=mhc.phi.shape) / (n * d) ** 0.5, f32)
     H = jnp.asarray(rng.normal(size=(tokens, n, d)), f32)
     x = H.sum(axis=-2)
     G_H = jnp.asarray(rng.normal(size=H.shape), f32)
@@ -95,7 +100,7 @@ def build(
         h0, H_res = hcref_jax.hc_width(H, alpha)
         return hcref_jax.hc_depth(branch(h0, bw), H_res, beta)
 
-    def module_site(hc: hcref_jax.HyperConnections, H: jax.Array, bw: Any) -> jax.Array:
+    def module_site(hc: hcref_jax.HyperConnections | ManifoldHyperConnections, H: jax.Array, bw: Any) -> jax.Array:
         return hc(H, lambda h0: branch(h0, bw))
 
     res_fwd = jax.jit(residual)
@@ -114,6 +119,7 @@ def build(
         "residual": {"fwd": blocking(res_fwd, x, bw), "fwd+bwd": blocking(res_bwd, x, bw)},
         "hcref ops": {"fwd": blocking(ops_fwd, H, params, bw), "fwd+bwd": blocking(ops_bwd, H, params, bw)},
         "hcref module": {"fwd": blocking(mod_fwd, hc, H, bw), "fwd+bwd": blocking(mod_bwd, hc, H, bw)},
+        "hcref mHC module": {"fwd": blocking(mod_fwd, mhc, H, bw), "fwd+bwd": blocking(mod_bwd, mhc, H, bw)},
     }
 
 
@@ -148,10 +154,10 @@ def run(
 
 
 def report(medians: dict[tuple[str, str, str], float]) -> None:
-    print(f"\n{'branch':9} {'mode':8} {'candidate':13} {'median ms':>10} {'vs residual':>12}")
+    print(f"\n{'branch':9} {'mode':8} {'candidate':16} {'median ms':>10} {'vs residual':>12}")
     for (branch_kind, mode, name), t in medians.items():
         base = medians[(branch_kind, mode, "residual")]
-        print(f"{branch_kind:9} {mode:8} {name:13} {1e3 * t:10.2f} {t / base:11.2f}x")
+        print(f"{branch_kind:9} {mode:8} {name:16} {1e3 * t:10.2f} {t / base:11.2f}x")
     print("\n'vs residual': time / jitted plain residual time (same branch, same mode).")
 
 

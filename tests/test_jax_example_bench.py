@@ -27,7 +27,7 @@ def _load(relpath: str) -> ModuleType:
     return module
 
 
-@pytest.mark.parametrize(("mode", "rate"), [("residual", None), ("hc", 4), ("hc", 2), ("fc", 2)])
+@pytest.mark.parametrize(("mode", "rate"), [("residual", None), ("hc", 4), ("hc", 2), ("fc", 2), ("mhc", 2)])
 def test_gpt_loss_is_finite_and_decreases(mode: str, rate: int | None) -> None:
     gpt = _load("examples/jax_gpt.py")
     run = gpt.train(mode, steps=20, rate=rate, seed=0, verbose=False, d=32, context=32, eval_every=10, eval_batches=1)
@@ -55,8 +55,10 @@ def test_gpt_main_prints_the_loss_and_saves(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_gpt_hc_at_init_matches_the_residual_model() -> None:
-    """With the same sublayer weights, the HC model at init computes the residual model's logits
-    (HC paper Eq. 14: every stream is the Pre-Norm stream; the final LayerNorm removes the factor n)."""
+    """With the same sublayer weights, the HC and mHC models at init compute the residual model's logits
+    (HC paper Eq. 14; math.md 4.4: with equal streams a row-stochastic h_res keeps them equal and
+    h_post = 2 sigmoid(0) = 1; the final LayerNorm removes the factor n of the sum reduce and the
+    sigmoid(0) = 1/2 weights of MHCHead)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -71,12 +73,17 @@ def test_gpt_hc_at_init_matches_the_residual_model() -> None:
     expected = np.asarray(residual(idx))
     np.testing.assert_allclose(np.asarray(fc(idx)), expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(np.asarray(jax.jit(lambda i: hc(i))(idx)), expected, rtol=1e-3, atol=1e-3)
+    for rate, head in [(4, False), (3, True)]:
+        mhc = gpt.GPT(11, mode="mhc", rate=rate, rngs=nnx.Rngs(0), mhc_head=head, **kw)
+        np.testing.assert_allclose(np.asarray(mhc(idx)), expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="mode: expected one of 'residual', 'hc', 'fc', 'mhc', got 'dense'"):
+        gpt.GPT(11, mode="dense", rate=2, rngs=nnx.Rngs(0), **kw)
 
 
 def test_bench_quick_runs(capsys: pytest.CaptureFixture[str]) -> None:
     bench = _load("benchmarks/bench_jax.py")
     medians = bench.main(["--quick"])
-    assert {key[2] for key in medians} == {"residual", "hcref ops", "hcref module"}
+    assert {key[2] for key in medians} == {"residual", "hcref ops", "hcref module", "hcref mHC module"}
     assert {(key[0], key[1]) for key in medians} == {(b, m) for b in ("identity", "mlp") for m in ("fwd", "fwd+bwd")}
     assert all(t > 0 for t in medians.values())
     out = capsys.readouterr().out

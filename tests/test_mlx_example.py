@@ -24,7 +24,7 @@ def _load(relpath: str) -> ModuleType:
     return module
 
 
-@pytest.mark.parametrize(("mode", "rate"), [("residual", None), ("hc", 4), ("hc", 2), ("fc", 2)])
+@pytest.mark.parametrize(("mode", "rate"), [("residual", None), ("hc", 4), ("hc", 2), ("fc", 2), ("mhc", 2)])
 def test_gpt_loss_is_finite_and_decreases(mode: str, rate: int | None) -> None:
     gpt = _load("examples/mlx_gpt.py")
     run = gpt.train(mode, steps=20, rate=rate, seed=0, d=32, context=32, verbose=False, eval_every=10, eval_batches=1)
@@ -46,7 +46,14 @@ def test_gpt_connections_are_hcref_modules_with_contract_keys() -> None:
     assert "A_m" in model.parameters()["connections"][1]
     model = gpt.GPT(10, d=16, layers=1, heads=2, context=8, mode="fc", rate=2)
     assert isinstance(model.begin, hcref_mlx.FracSplit) and isinstance(model.end, hcref_mlx.FracMerge)
-    with pytest.raises(ValueError, match="mode: expected"):
+    from hcref_mlx.mhc_modules import ManifoldHyperConnections, MHCHead
+
+    model = gpt.GPT(10, d=16, layers=1, heads=2, context=8, mode="mhc", rate=2, mhc_head=True)
+    assert [type(c) for c in model.connections] == [ManifoldHyperConnections] * 2
+    assert [c.layer_index for c in model.connections] == [0, 1]
+    assert "phi" in model.parameters()["connections"][1] and isinstance(model.end, MHCHead)
+    assert isinstance(gpt.GPT(10, d=16, layers=1, heads=2, context=8, mode="mhc", rate=2).end, hcref_mlx.Reduce)
+    with pytest.raises(ValueError, match="mode: expected one of 'residual', 'hc', 'fc', 'mhc', got 'dense'"):
         gpt.GPT(10, d=16, layers=1, heads=2, context=8, mode="dense", rate=2)
 
 
@@ -63,3 +70,19 @@ def test_gpt_main_prints_the_loss_and_saves(tmp_path: Path, capsys: pytest.Captu
     expected = [(f"connections.{k}", "hc", 3, k) for k in range(4)]
     assert [(s.name, s.family, s.rate, s.layer_index) for s in sites] == expected
     assert all(s.stats_tokens == 16 * 64 for s in sites)
+
+
+def test_gpt_mhc_main_saves_sites_and_head(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--mode mhc --mhc-head --save``: a couple of steps, then a checkpoint holding the four mHC
+    sites (with their mean coefficients) and the learned head."""
+    import hcref.checkpoint
+
+    gpt = _load("examples/mlx_gpt.py")
+    path = tmp_path / "mhc.safetensors"
+    runs = gpt.main(["--mode", "mhc", "--mhc-head", "--steps", "2", "--rate", "3", "--save", str(path)])
+    assert len(runs) == 1 and len(runs[0].train) == 2 and all(math.isfinite(x) for x in runs[0].train)
+    assert "mode=mhc rate=3" in capsys.readouterr().out
+    sites = hcref.checkpoint.load(path)
+    expected = [(f"connections.{k}", "mhc", 3, k) for k in range(4)] + [("end", "mhc_head", 3, None)]
+    assert [(s.name, s.family, s.rate, s.layer_index) for s in sites] == expected
+    assert all(s.stats_tokens == 16 * 64 and s.stats["mean_h_res"].shape == (3, 3) for s in sites[:4])
