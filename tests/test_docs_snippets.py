@@ -1,5 +1,6 @@
-"""Every ```python block of README.md and docs/*.md runs as written (blocks of one file share
-a namespace, in order), so the documented usage cannot rot."""
+"""Every ```python block of README.md and docs/**/*.md (subfolders included) runs as written (blocks
+of one file share a namespace, in order), so the documented usage cannot rot. Pages that include a
+README section (``--8<-- "README.md:torch"``) are covered by README.md's run."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
@@ -17,7 +18,7 @@ def _blocks(path: Path) -> list[str]:
     return BLOCK.findall(path.read_text()) if path.exists() else []
 
 
-@pytest.mark.parametrize("path", [p for p in DOCS if _blocks(p)], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in DOCS if _blocks(p)], ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_python_blocks_run(path: Path) -> None:
     namespace: dict[str, object] = {"__name__": f"docs_{path.stem}"}
     for i, block in enumerate(_blocks(path)):
