@@ -84,7 +84,15 @@ class PlannedSite(PlannedModule):
 
 
 class _Connection(PlannedSite):
-    """HC / FC site: the plan's options as attributes (``norm``, ``use_tanh``, ``use_norm``, ``use_scale``)."""
+    """HC / FC site: the plan's options as attributes (``norm``, ``use_tanh``, ``use_norm``, ``use_scale``).
+
+    On CUDA, when ``hcref_torch.kernels.use_for`` holds for H and the parameters, ``width`` runs
+    the fused site kernel (``hc_site_width`` / ``fc_site_width``: coefficients, h0 and, when a
+    gradient is needed, H_res in one kernel) and ``depth`` the matching depth kernel. Without a
+    gradient the fused width leaves the residual mixing to ``depth`` and returns a
+    :class:`hcref_torch.kernels.FusedState` instead of a :class:`SiteState` (``H_res`` is then
+    never written); pass it to ``depth`` unchanged.
+    """
 
     family = ""
 
@@ -98,12 +106,25 @@ class _Connection(PlannedSite):
     def _options(self) -> dict[str, Any]:
         return self.plan.kwargs
 
-    def width(self, H: torch.Tensor) -> tuple[torch.Tensor, SiteState]:
-        h0, state = connections.width(self.ops, self.plan, H, self.params())
-        assert isinstance(state, SiteState)
+    def width(self, H: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        params = self.params()
+        kernels = ops._kernels(H, *params.values())
+        if kernels is None:
+            return connections.width(self.ops, self.plan, H, params)
+        self.plan.check_state(ops.meta("H", H))
+        fused_width = kernels.hc_site_width if self.family == "hc" else kernels.fc_site_width
+        h0, state = fused_width(H, params, **self.plan.kwargs)
+        if state.H_res is not None:  # training: the mixed residual was written, depth is a plain write
+            return h0, SiteState(state.H_res, state.beta)
         return h0, state
 
-    def depth(self, y: torch.Tensor, state: SiteState | MHCState) -> torch.Tensor:
+    def depth(self, y: torch.Tensor, state: Any) -> torch.Tensor:
+        if getattr(state, "H_res", None) is None and hasattr(state, "alpha"):  # a FusedState: mix and write
+            from . import kernels  # the fused width made it, so this import is done
+
+            self.plan.check_branch_output(ops.meta("y", y), tuple(state.H.shape[:-2]))
+            fused: torch.Tensor = kernels.site_depth(y, state)
+            return fused
         out: torch.Tensor = connections.depth(self.ops, self.plan, y, state)
         return out
 
