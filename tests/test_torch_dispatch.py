@@ -232,3 +232,23 @@ def test_torch_compile_through_the_dispatch(cpu_dispatch: dict[str, int]) -> Non
     assert cpu_dispatch["hc_site_width"] >= 2
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(g_compiled, g_eager, rtol=1e-5, atol=1e-5)
+
+
+def test_mhc_kernel_hook(cpu_dispatch: dict[str, int], monkeypatch: Any) -> None:
+    """``hcref_torch.mhc._kernel_op``: the kernels' mHC op when it exists and the dispatch takes the
+    call, else None (CPU by default, the switch off, an op the kernels do not have yet)."""
+    from hcref_torch import mhc
+
+    H, h_pre = torch.randn(2, 4, 8), torch.rand(2, 4)
+
+    def fake(H_: Any, h_pre_: Any) -> Any:
+        return H_.sum(-2)
+
+    monkeypatch.setattr(K, "mhc_pre", fake, raising=False)
+    assert mhc._kernel_op("mhc_pre", H, h_pre) is fake
+    assert mhc._kernel_op("no_such_kernel", H, h_pre) is None
+    K.set_enabled(False)
+    assert mhc._kernel_op("mhc_pre", H, h_pre) is None
+    K.set_enabled(True)
+    monkeypatch.setattr(ops, "_KERNEL_DEVICES", ("cuda",))
+    assert mhc._kernel_op("mhc_pre", H, h_pre) is None

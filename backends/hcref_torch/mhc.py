@@ -46,9 +46,22 @@ from hcref import validation as v
 from hcref.mhc import RMS_EPS
 from hcref.sinkhorn_knopp import ITERS
 
-from .ops import _apply, _compute_dtype, _no_autocast, _param_metas, _promote, _row_scale, meta
+from .ops import _apply, _compute_dtype, _kernels, _no_autocast, _param_metas, _promote, _row_scale, meta
 
 Tensor = torch.Tensor
+
+
+# --- fused kernels (hook) -------------------------------------------------------------------------
+
+
+def _kernel_op(name: str, H: Any, *others: Any) -> Any:
+    """The fused kernel op ``hcref_torch.kernels.<name>`` (``mhc_coeffs``, ``mhc_pre``,
+    ``mhc_post``) when the automatic dispatch takes this call, else ``None``: H is the
+    (..., n, d) state and ``others`` the call's other tensors, as ``kernels.use_for`` takes them
+    (CUDA tensors only, the switch ``HCREF_TORCH_KERNELS`` / ``kernels.set_enabled``, a supported
+    shape). ``None`` as well while the kernels package has no such op; CPU tensors never import it."""
+    kernels = _kernels(H, *others)
+    return None if kernels is None else getattr(kernels, name, None)
 
 
 # --- Sinkhorn -------------------------------------------------------------------------------------
