@@ -3,7 +3,11 @@ for PyTorch.
 
 Functional ops with the reference's names, shapes and errors (HC/FC: :mod:`hcref_torch.ops`;
 mHC: :mod:`hcref_torch.mhc`), drop-in modules (:mod:`hcref_torch.modules`,
-:mod:`hcref_torch.mhc_modules`) and the conformance backend object ``backend``.
+:mod:`hcref_torch.mhc_modules`) and the conformance backend object ``backend``. On CUDA tensors the
+HC/FC ops and modules run the fused Triton kernels of :mod:`hcref_torch.kernels` when Triton is
+importable and the call is supported (``HCREF_TORCH_KERNELS=0`` or
+``hcref_torch.kernels.set_enabled(False)`` keeps the generic path); CPU tensors, and every call
+the kernels do not take, run the generic torch ops.
 """
 
 try:  # a clear message when the extra was not installed (the framework comes with `hcref[torch]`)
