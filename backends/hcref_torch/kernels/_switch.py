@@ -23,6 +23,13 @@ MAX_ROWS = 16
 """Largest number of streams n (HC) or fractions m (FC): the kernels unroll loops over the
 C = n+1 or 2m coefficient columns and keep all rows of a token in one block."""
 
+MHC_MAX_N = 8
+"""Largest number of streams n of the mHC coefficient kernel (``mhc_coeffs``, ``sinkhorn``): it
+keeps a token's 2n + n^2 logits, padded to 2 NP^2 columns, and the n x n Sinkhorn tile in
+registers. ``mhc_pre``/``mhc_post`` take up to :data:`MAX_ROWS` streams."""
+
+_MHC_SMALL = ("mhc_coeffs", "sinkhorn")
+
 _ENV_ON = os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "off", "no")
 _INTERPRET_ENV = os.environ.get("TRITON_INTERPRET", "0").strip() == "1"
 
@@ -80,13 +87,17 @@ def set_enabled(flag: bool | None) -> None:
     _override = flag
 
 
-def supported(H: object, *others: object) -> bool:
+def supported(H: object, *others: object, op: str | None = None) -> bool:
     """Whether the kernels take this call: H (..., K, w) and every other argument are tensors on
     one device that is CUDA (or CPU under the interpreter), of a dtype in :data:`DTYPES`, with
-    1 <= K <= :data:`MAX_ROWS` and w >= 1. Leading axes may be empty (size 0) or absent."""
+    1 <= K <= :data:`MAX_ROWS` (:data:`MHC_MAX_N` for ``op`` ``"mhc_coeffs"`` and
+    ``"sinkhorn"``, whose H is Z (..., n, n)) and w >= 1. Leading axes may be empty (size 0) or
+    absent. ``op`` names the contract op (None: the HC/FC ops; ``mhc_pre``/``mhc_post`` take
+    the same shapes as those)."""
     if not isinstance(H, torch.Tensor) or H.dim() < 2:
         return False
-    if not 1 <= H.shape[-2] <= MAX_ROWS or H.shape[-1] < 1:
+    max_rows = MHC_MAX_N if op in _MHC_SMALL else MAX_ROWS
+    if not 1 <= H.shape[-2] <= max_rows or H.shape[-1] < 1:
         return False
     device = H.device
     if device.type == "cuda":
@@ -99,10 +110,10 @@ def supported(H: object, *others: object) -> bool:
     return available()
 
 
-def use_for(H: object, *others: object) -> bool:
+def use_for(H: object, *others: object, op: str | None = None) -> bool:
     """The automatic dispatch of the contract ops and modules: :func:`enabled`, CUDA tensors
-    only (never CPU tensors, even under the interpreter) and :func:`supported`."""
-    return isinstance(H, torch.Tensor) and H.device.type == "cuda" and enabled() and supported(H, *others)
+    only (never CPU tensors, even under the interpreter) and :func:`supported` (``op`` as there)."""
+    return isinstance(H, torch.Tensor) and H.device.type == "cuda" and enabled() and supported(H, *others, op=op)
 
 
 if torch.cuda.is_available() and _TRITON_FOUND:  # import triton now, not inside a traced call
