@@ -46,9 +46,15 @@ def _lse(X, vm, line_ok, AXIS: tl.constexpr):
     ``_logsumexp``); 0 on lines without valid entries."""
     Xm = tl.where(vm, X, _NEG)
     m = tl.max(Xm, axis=AXIS)
-    e = tl.where(vm, tl.exp(Xm - tl.expand_dims(m, AXIS)), 0.0)
+    e = tl.where(vm, tl.exp(tl.where(vm, Xm - tl.expand_dims(m, AXIS), 0.0)), 0.0)
     s = tl.sum(e, axis=AXIS)
     return tl.where(line_ok, m + tl.log(tl.where(line_ok, s, 1.0)), 0.0)
+
+
+@triton.jit
+def _scaled(Z, r, c, vm):
+    """``exp(Z[i, j] - r[i] - c[j])`` (hcref's ``_scaled``), 0 on padded entries."""
+    return tl.where(vm, tl.exp(tl.where(vm, (Z - r[:, :, None]) - c[:, None, :], 0.0)), 0.0)
 
 
 @triton.jit
@@ -90,7 +96,7 @@ def _sinkhorn_fwd(Z, vm, iok, jok, iters, eps, POT, tok, tm, NP: tl.constexpr, E
     pm = tm[:, None] & (jj < NP)[None, :]
     if EPS_POS:
         m = tl.max(tl.where(vm, Z, _NEG), axis=1)
-        E = tl.where(vm, tl.exp(Z - m[:, None, :]), 0.0)
+        E = tl.where(vm, tl.exp(tl.where(vm, Z - m[:, None, :], 0.0)), 0.0)
         S = E / tl.where(jok, tl.sum(E, axis=1), 1.0)[:, None, :]
         P = tl.where(vm, S + eps, 0.0)
         r = tl.sum(P, axis=2) + eps
@@ -116,7 +122,7 @@ def _sinkhorn_fwd(Z, vm, iok, jok, iters, eps, POT, tok, tm, NP: tl.constexpr, E
                 base = (tok[:, None] * iters + step) * 2
                 tl.store(POT + base * NP + jj[None, :], r, mask=pm)
                 tl.store(POT + (base + 1) * NP + jj[None, :], c, mask=pm)
-        P = tl.where(vm, tl.exp((Z - r[:, :, None]) - c[:, None, :]), 0.0)
+        P = _scaled(Z, r, c, vm)
         P = P / tl.where(iok, tl.sum(P, axis=2), 1.0)[:, :, None]
     return P
 
@@ -137,30 +143,32 @@ def _sinkhorn_bwd(Z, G, vm, iok, jok, iters, eps, POT, tok, tm, NP: tl.constexpr
             r = tl.load(POT + base * NP + jj[None, :], mask=pm, other=1.0)
             c = tl.load(POT + (base + 1) * NP + jj[None, :], mask=pm, other=1.0)
             Q = P * r[:, :, None]
-            G = (G - tl.sum(G * P, axis=2)[:, :, None]) / r[:, :, None]
+            # padded entries kept at 0: the broadcast sums would make them nonzero, and the
+            # divisions by eps of padded lines would then overflow (inf * 0 = NaN)
+            G = tl.where(vm, (G - tl.sum(G * P, axis=2)[:, :, None]) / r[:, :, None], 0.0)
             P = Q * c[:, None, :]
-            G = (G - tl.sum(G * Q, axis=1)[:, None, :]) / c[:, None, :]
+            G = tl.where(vm, (G - tl.sum(G * Q, axis=1)[:, None, :]) / c[:, None, :], 0.0)
         r = tl.load(POT + (tok[:, None] * iters * 2) * NP + jj[None, :], mask=pm, other=1.0)
-        G = (G - tl.sum(G * P, axis=2)[:, :, None]) / r[:, :, None]
+        G = tl.where(vm, (G - tl.sum(G * P, axis=2)[:, :, None]) / r[:, :, None], 0.0)
         m = tl.max(tl.where(vm, Z, _NEG), axis=1)
-        E = tl.where(vm, tl.exp(Z - m[:, None, :]), 0.0)
+        E = tl.where(vm, tl.exp(tl.where(vm, Z - m[:, None, :], 0.0)), 0.0)
         S = E / tl.where(jok, tl.sum(E, axis=1), 1.0)[:, None, :]
         G = S * (G - tl.sum(G * S, axis=1)[:, None, :])
     else:
         base = (tok[:, None] * iters + iters - 1) * 2
         r = tl.load(POT + base * NP + jj[None, :], mask=pm, other=0.0)
         c = tl.load(POT + (base + 1) * NP + jj[None, :], mask=pm, other=0.0)
-        G = G * tl.where(vm, tl.exp((Z - r[:, :, None]) - c[:, None, :]), 0.0)
+        G = G * _scaled(Z, r, c, vm)
         for k in range(0, iters):
             step = iters - 1 - k
             base = (tok[:, None] * iters + step) * 2
             r = tl.load(POT + base * NP + jj[None, :], mask=pm, other=0.0)
             c = tl.load(POT + (base + 1) * NP + jj[None, :], mask=pm, other=0.0)
-            M = tl.where(vm, tl.exp((Z - r[:, :, None]) - c[:, None, :]), 0.0)
+            M = _scaled(Z, r, c, vm)
             G = G - M * tl.sum(G, axis=2)[:, :, None]
             later = (jj * 0 + step) > 0  # r_0 = 0 before the first step
             r_prev = tl.load(POT + tl.maximum(base - 2, 0) * NP + jj[None, :], mask=pm & later[None, :], other=0.0)
-            Q = tl.where(vm, tl.exp((Z - r_prev[:, :, None]) - c[:, None, :]), 0.0)
+            Q = _scaled(Z, r_prev, c, vm)
             G = G - Q * tl.sum(G, axis=1)[:, None, :]
     return G
 
@@ -256,12 +264,12 @@ def coeffs_epi_bwd_kernel(
     GL, GZ, C2, SB, SG,
     T, L, iters, eps,
     N: tl.constexpr, NP: tl.constexpr, CP: tl.constexpr, BLOCK_T: tl.constexpr,
-    HAS_PRE: tl.constexpr, HAS_POST: tl.constexpr, HAS_RES: tl.constexpr, DYN: tl.constexpr,
+    HAS_PRE: tl.constexpr, HAS_POST: tl.constexpr, HAS_RES: tl.constexpr, SRC: tl.constexpr,
     EPS_POS: tl.constexpr, IS64: tl.constexpr,
 ):
     """VJP of the epilogue per token (math.md 5.5-5.6): from the saved z, ``g_logits`` =
     [g_pre sigmoid' | 2 g_post sigmoid' | sinkhorn_vjp(g_res)] (Sinkhorn recomputed), written to
-    ``GL`` (T, CP); with ``DYN`` also ``g_z = GC g_logits`` (GZ) and ``c2 = g_z . z / L`` (the RMS
+    ``GL`` (T, CP); for ``SRC`` 1 (as in :func:`coeffs_fwd_kernel`) also ``g_z = GC g_logits`` (GZ) and ``c2 = g_z . z / L`` (the RMS
     VJP's per-token dot). Partial sums of this program: ``SB`` = sum g_logits (bias),
     ``SG`` = sum g_logits z (gates)."""
     pid = tl.program_id(0)
@@ -269,7 +277,7 @@ def coeffs_epi_bwd_kernel(
     tm = tok < T
     cc = tl.arange(0, CP)
     z = _to_acc(tl.load(ZS + tok[:, None] * CP + cc[None, :], mask=tm[:, None], other=0.0), IS64)
-    if not DYN:
+    if SRC == 0:
         z = z * 0.0
     gc = _to_acc(tl.load(GC + cc), IS64)
     bc = _to_acc(tl.load(BC + cc), IS64)
@@ -303,7 +311,7 @@ def coeffs_epi_bwd_kernel(
     gl = tl.where(tm[:, None], gl, 0.0)
     tl.store(GL + tok[:, None] * CP + cc[None, :], gl, mask=tm[:, None])
     tl.store(SB + pid * CP + cc, tl.sum(gl, axis=0))
-    if DYN:
+    if SRC == 1:
         tl.store(SG + pid * CP + cc, tl.sum(gl * z, axis=0))
         gz = gl * gc[None, :]
         tl.store(GZ + tok[:, None] * CP + cc[None, :], gz, mask=tm[:, None])

@@ -171,7 +171,7 @@ def coeffs_backward(
             g_res if g_res is not None else BC, POT if g_res is not None else BC,
             GL, GZ if src == 1 else BC, C2 if src == 1 else BC, SB, SG, T, max(L, 1), iters, float(eps),
             N=n, NP=NP, CP=CP, BLOCK_T=bt, HAS_PRE=g_pre is not None, HAS_POST=g_post is not None,
-            HAS_RES=g_res is not None, DYN=src == 1, EPS_POS=eps > 0, IS64=acc == torch.float64, num_warps=warps,
+            HAS_RES=g_res is not None, SRC=src, EPS_POS=eps > 0, IS64=acc == torch.float64, num_warps=warps,
         )
     g_b = unpack(SB.sum(0), n)
     empty = b.new_empty(0)
@@ -226,7 +226,7 @@ def pre_backward(g_h0: Tensor, H: Tensor, h_pre: Tensor, ct: torch.dtype) -> tup
     gH, gal = hc.mix_backward(H, h_pre.to(ct).unsqueeze(-1), g_h0, None, split=1, write_gh=True,
                               g_alpha_dtype=ct)
     assert gH is not None
-    return gH, gal.squeeze(-1).to(h_pre.dtype)
+    return gH, gal[..., 0].to(h_pre.dtype)  # column 0: the h0 row (the kernel's G_alpha has n + 1)
 
 
 def post_forward(y: Tensor, H: Tensor, h_post: Tensor, h_res: Tensor, ct: torch.dtype, out: torch.dtype) -> Tensor:
