@@ -89,7 +89,7 @@ def coeffs_forward(
     NP, CP = layout(n)
     dev = b.device
     if src == 1:
-        H2 = H.reshape(H.shape[0], -1).contiguous()
+        H2 = H.reshape(H.shape[0], H.shape[-2] * H.shape[-1]).contiguous()
         T, L = H2.shape
         mode, prec = hc._fwd_mode(H.dtype, acc)
         WP = pack(phi.to(acc), n)
@@ -180,7 +180,7 @@ def coeffs_backward(
     per_column = unpack(SG.sum(0), n)
     g_gates = torch.stack([per_column[:n].sum(), per_column[n:2 * n].sum(), per_column[2 * n:].sum()])
 
-    H2 = H.reshape(T, -1).contiguous()
+    H2 = H.reshape(T, L).contiguous()
     GH = torch.empty(T, L, dtype=H.dtype, device=dev)
     mode, prec = hc._bwd_mode(H.dtype, acc)
     bt, bl, warps = _blocks("mhc_proj_bwd", L, acc == torch.float64)

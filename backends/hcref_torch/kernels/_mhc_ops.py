@@ -37,6 +37,13 @@ def _launch() -> Any:
     return launch
 
 
+def _like(x: Tensor) -> Tensor:
+    """A contiguous tensor of x's shape and dtype: every op here returns contiguous results
+    (``empty_like`` would copy the strides of a permuted input, and a fake whose strides differ
+    from the real output's misleads the compiled graph)."""
+    return x.new_empty(x.shape)
+
+
 def _acc(*dtypes: torch.dtype) -> torch.dtype:
     return torch.float64 if torch.float64 in dtypes else torch.float32
 
@@ -122,11 +129,11 @@ def mhc_coeffs_bwd(
         H, zs, stats, g_pre, g_post, g_res, phi, b, gates, n=n, src=src, iters=iters, eps=eps
     )
     if src == 2:
-        gZ = gl[:, 2 * n:].reshape(Z.shape).to(Z.dtype)
+        gZ = gl[:, 2 * n:].reshape(Z.shape).to(Z.dtype).contiguous()
         return b.new_empty(0), b.new_empty(0), b.new_empty(0), b.new_empty(0), gZ
     if src == 0:
         return b.new_empty(0), b.new_empty(0), gb, b.new_empty(0), b.new_empty(0)
-    return gH, gphi, gb, ggates, b.new_empty(0)
+    return gH.contiguous(), gphi.contiguous(), gb.contiguous(), ggates.contiguous(), b.new_empty(0)
 
 
 @mhc_coeffs_bwd.register_fake
@@ -136,10 +143,10 @@ def _mhc_coeffs_bwd_fake(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     e = b.new_empty(0)
     if src == 2:
-        return e, b.new_empty(0), b.new_empty(0), b.new_empty(0), torch.empty_like(Z)
+        return e, b.new_empty(0), b.new_empty(0), b.new_empty(0), _like(Z)
     if src == 0:
-        return e, b.new_empty(0), torch.empty_like(b), b.new_empty(0), b.new_empty(0)
-    return torch.empty_like(H), torch.empty_like(phi), torch.empty_like(b), torch.empty_like(gates), b.new_empty(0)
+        return e, b.new_empty(0), _like(b), b.new_empty(0), b.new_empty(0)
+    return _like(H), _like(phi), _like(b), _like(gates), b.new_empty(0)
 
 
 # --- pre-apply ----------------------------------------------------------------------------
@@ -148,7 +155,7 @@ def _mhc_coeffs_bwd_fake(
 @torch.library.custom_op(f"{_NS}::mhc_pre", mutates_args=())
 def mhc_pre(H: Tensor, h_pre: Tensor) -> Tensor:
     out: Tensor = _launch().pre_forward(H, h_pre, _acc(H.dtype, h_pre.dtype))
-    return out
+    return out.contiguous()
 
 
 @mhc_pre.register_fake
@@ -174,13 +181,13 @@ mhc_pre.register_autograd(_mhc_pre_backward, setup_context=_mhc_pre_setup)
 
 @torch.library.custom_op(f"{_NS}::mhc_pre_bwd", mutates_args=())
 def mhc_pre_bwd(g: Tensor, H: Tensor, h_pre: Tensor) -> tuple[Tensor, Tensor]:
-    result: tuple[Tensor, Tensor] = _launch().pre_backward(g, H, h_pre, _acc(H.dtype, h_pre.dtype, g.dtype))
-    return result
+    gH, gpre = _launch().pre_backward(g, H, h_pre, _acc(H.dtype, h_pre.dtype, g.dtype))
+    return gH.contiguous(), gpre.contiguous()
 
 
 @mhc_pre_bwd.register_fake
 def _mhc_pre_bwd_fake(g: Tensor, H: Tensor, h_pre: Tensor) -> tuple[Tensor, Tensor]:
-    return torch.empty_like(H), torch.empty_like(h_pre)
+    return _like(H), _like(h_pre)
 
 
 # --- post-apply and residual mix ----------------------------------------------------------
@@ -190,7 +197,7 @@ def _mhc_pre_bwd_fake(g: Tensor, H: Tensor, h_pre: Tensor) -> tuple[Tensor, Tens
 def mhc_post(y: Tensor, H: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
     ct = _acc(y.dtype, H.dtype, h_post.dtype, h_res.dtype)
     out: Tensor = _launch().post_forward(y, H, h_post, h_res, ct, torch.promote_types(y.dtype, H.dtype))
-    return out
+    return out.contiguous()
 
 
 @mhc_post.register_fake
@@ -217,13 +224,12 @@ mhc_post.register_autograd(_mhc_post_backward, setup_context=_mhc_post_setup)
 @torch.library.custom_op(f"{_NS}::mhc_post_bwd", mutates_args=())
 def mhc_post_bwd(G: Tensor, y: Tensor, H: Tensor, h_post: Tensor, h_res: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     ct = _acc(G.dtype, y.dtype, H.dtype, h_post.dtype, h_res.dtype)
-    result: tuple[Tensor, Tensor, Tensor, Tensor] = _launch().post_backward(G, y, H, h_post, h_res, ct)
-    return result
+    gy, gH, gpost, gres = _launch().post_backward(G, y, H, h_post, h_res, ct)
+    return gy.contiguous(), gH.contiguous(), gpost.contiguous(), gres.contiguous()
 
 
 @mhc_post_bwd.register_fake
 def _mhc_post_bwd_fake(
     G: Tensor, y: Tensor, H: Tensor, h_post: Tensor, h_res: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return (torch.empty_like(y), torch.empty_like(H), torch.empty_like(h_post, memory_format=torch.contiguous_format),
-            torch.empty_like(h_res, memory_format=torch.contiguous_format))
+    return _like(y), _like(H), _like(h_post), _like(h_res)
