@@ -36,7 +36,7 @@ import triton.language as tl
 
 from ._kernels import _mm, _mm_tn, _pow2_floor, _recip, _rsqrt_floored, _to_acc
 
-_NEG = -1.0e30
+_NEG = tl.constexpr(-1.0e30)
 """Stand-in for -inf in masked maxima (finite, so padded lanes never produce inf - inf)."""
 
 
