@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from hcref.optable import OPS
+from hcref.optable import MHC_OPS, OPS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,6 +40,11 @@ def test_conformance_suite_on_the_kernel_backend(tmp_path: Path) -> None:
     rows = {(row["op"], row["dtype"]): row["status"] for row in result["rows"]}
     for op in OPS:
         assert rows.get((op, "float32")) == "pass", f"{op}: {rows.get((op, 'float32'))}"
+    # the mHC ops, as soon as the suite's op table runs them (hcref.optable.MHC_OPS joining OPS):
+    # the kernel backend has sinkhorn, mhc_coeffs, mhc_pre, mhc_post on the kernels (mhc_head generic)
+    for op in MHC_OPS:
+        if any(name == op for name, _ in rows):
+            assert rows.get((op, "float32")) == "pass", f"{op}: {rows.get((op, 'float32'))}"
 
 
 def test_cuda_benchmark_quick_smoke_run() -> None:

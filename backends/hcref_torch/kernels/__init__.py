@@ -35,7 +35,18 @@ conformance backend that always runs the kernels.
 
 from typing import Any
 
-from ._switch import DTYPES, ENV_VAR, MAX_ROWS, MHC_MAX_N, available, enabled, interpreting, set_enabled, supported, use_for
+from ._switch import (
+    DTYPES,
+    ENV_VAR,
+    MAX_ROWS,
+    MHC_MAX_N,
+    available,
+    enabled,
+    interpreting,
+    set_enabled,
+    supported,
+    use_for,
+)
 from .functional import (
     FusedState,
     fc_coeffs,
@@ -51,8 +62,8 @@ from .functional import (
     mhc_coeffs,
     mhc_post,
     mhc_pre,
-    site_depth,
     sinkhorn,
+    site_depth,
 )
 
 
@@ -93,8 +104,8 @@ __all__ = [
     "mhc_post",
     "mhc_pre",
     "set_enabled",
-    "site_depth",
     "sinkhorn",
+    "site_depth",
     "supported",
     "use_for",
 ]

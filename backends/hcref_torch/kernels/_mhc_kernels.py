@@ -167,7 +167,8 @@ def _sinkhorn_bwd(Z, G, vm, iok, jok, iters, eps, POT, tok, tm, NP: tl.constexpr
             M = _scaled(Z, r, c, vm)
             G = G - M * tl.sum(G, axis=2)[:, :, None]
             later = (jj * 0 + step) > 0  # r_0 = 0 before the first step
-            r_prev = tl.load(POT + tl.maximum(base - 2, 0) * NP + jj[None, :], mask=pm & later[None, :], other=0.0)
+            prev = tl.maximum(base - 2, 0) * NP + jj[None, :]
+            r_prev = tl.load(POT + prev, mask=pm & later[None, :], other=0.0)
             Q = _scaled(Z, r_prev, c, vm)
             G = G - Q * tl.sum(G, axis=1)[:, None, :]
     return G
@@ -269,9 +270,9 @@ def coeffs_epi_bwd_kernel(
 ):
     """VJP of the epilogue per token (math.md 5.5-5.6): from the saved z, ``g_logits`` =
     [g_pre sigmoid' | 2 g_post sigmoid' | sinkhorn_vjp(g_res)] (Sinkhorn recomputed), written to
-    ``GL`` (T, CP); for ``SRC`` 1 (as in :func:`coeffs_fwd_kernel`) also ``g_z = GC g_logits`` (GZ) and ``c2 = g_z . z / L`` (the RMS
-    VJP's per-token dot). Partial sums of this program: ``SB`` = sum g_logits (bias),
-    ``SG`` = sum g_logits z (gates)."""
+    ``GL`` (T, CP); for ``SRC`` 1 (as in :func:`coeffs_fwd_kernel`) also ``g_z = GC g_logits``
+    (GZ) and ``c2 = g_z . z / L`` (the RMS VJP's per-token dot). Partial sums of this program:
+    ``SB`` = sum g_logits (bias), ``SG`` = sum g_logits z (gates)."""
     pid = tl.program_id(0)
     tok = (pid * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
     tm = tok < T

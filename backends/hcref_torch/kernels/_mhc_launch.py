@@ -103,7 +103,7 @@ def coeffs_forward(
         T = zin.shape[0] if src == 2 else 1
         L, mode, prec = 0, 1, "ieee"
         H2 = WP = whi = wlo = b.new_empty(0, dtype=acc)
-        GC = pack(b.new_ones(2 * n + n * n, dtype=acc), n) if src == 2 else pack(b.new_zeros(2 * n + n * n, dtype=acc), n)
+        GC = pack(b.new_full((2 * n + n * n,), 1.0 if src == 2 else 0.0, dtype=acc), n)
     BC = pack(b.to(acc), n)
     h_pre = torch.empty(T, n, dtype=out_dtype, device=dev)
     h_post = torch.empty(T, n, dtype=out_dtype, device=dev)

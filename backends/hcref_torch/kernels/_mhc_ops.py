@@ -222,7 +222,9 @@ mhc_post.register_autograd(_mhc_post_backward, setup_context=_mhc_post_setup)
 
 
 @torch.library.custom_op(f"{_NS}::mhc_post_bwd", mutates_args=())
-def mhc_post_bwd(G: Tensor, y: Tensor, H: Tensor, h_post: Tensor, h_res: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def mhc_post_bwd(
+    G: Tensor, y: Tensor, H: Tensor, h_post: Tensor, h_res: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     ct = _acc(G.dtype, y.dtype, H.dtype, h_post.dtype, h_res.dtype)
     gy, gH, gpost, gres = _launch().post_backward(G, y, H, h_post, h_res, ct)
     return gy.contiguous(), gH.contiguous(), gpost.contiguous(), gres.contiguous()

@@ -346,7 +346,8 @@ def _sinkhorn_op(Z: Any, iters: Any, eps: Any, strict: bool) -> Tensor:
     e = Z.new_empty(0)
     _, _, P, _, _ = _mhc_ops.mhc_coeffs(e, e, Z.new_zeros(2 * n + n * n), e, Z.reshape(-1, n, n), n, 2, iters,
                                         float(eps), Z.dtype)
-    return P.reshape(Z.shape)
+    out: Tensor = P.reshape(Z.shape)
+    return out
 
 
 def _mhc_pre_op(H: Any, h_pre: Any, strict: bool) -> Tensor:
