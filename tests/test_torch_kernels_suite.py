@@ -55,9 +55,10 @@ def test_cuda_benchmark_quick_smoke_run() -> None:
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     out = done.stdout
     for expected in ("device copy", "site bwd (passes 1 + 2)", "fused depth fwd (from H)", "plain residual",
-                     "lucidrains", "goal: HC site fwd+bwd", "fused site vs eager generic path"):
+                     "lucidrains", "goal: HC site fwd+bwd", "fused site vs eager generic path", "mhc coeffs bwd",
+                     "mhc post fwd", "mHC site fwd+bwd", "mhc float32", "mhc_coeffs "):
         assert expected in out, expected
-    errors = [float(part.split()[-1]) for line in out.splitlines() if line.startswith("  hc float32")
+    errors = [float(part.split()[-1]) for line in out.splitlines() if line.startswith(("  hc float32", "  mhc float32"))
               for part in line.split(":", 1)[1].split(",")]
     assert errors and max(errors) < 1e-5, out[-2000:]
 

@@ -24,7 +24,7 @@ GPU_CONFIG: dict[str, tuple[int, int, int]] = {
     "mhc_fwd": (32, 64, 4),
     "mhc_fwd_fp64": (16, 16, 4),
     "mhc_epi_bwd": (32, 1, 4),
-    "mhc_proj_bwd": (32, 64, 4),
+    "mhc_proj_bwd": (32, 64, 8),
     "mhc_proj_bwd_fp64": (16, 16, 4),
 }
 """Block shapes on a GPU; the interpreter uses 16 tokens and up to 128 columns."""
