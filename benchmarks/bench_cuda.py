@@ -428,7 +428,8 @@ def mhc_agreement(n: int, d: int, tokens: int, dtype: torch.dtype, device: torch
     for name in ("fused kernels", "eager generic"):
         out, leaves = cands[name](True)
         if G is None:
-            G = torch.randn(out.shape, device=device, dtype=dtype, generator=torch.Generator(device=device).manual_seed(5))
+            gen = torch.Generator(device=device).manual_seed(5)
+            G = torch.randn(out.shape, device=device, dtype=dtype, generator=gen)
         out.backward(G)
         results[name] = [out.detach(), *[leaf.grad for leaf in leaves]]
     names = ["output", "H", *[f"g {key}" for key in _mhc_params(n, d, device, 0)]]
