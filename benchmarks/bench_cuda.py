@@ -47,7 +47,7 @@ H and writes the coefficients, z and two statistics (L b + 4 (C + CP + 2)); coef
 z, the packed gradients and the Sinkhorn scratch of 2 K NP numbers written and read back
 (4 (C + 5 CP + 3) + 16 K NP); pre forward reads H, writes h0 ((L + d) b); pre backward reads H
 and G_h0, writes G_H ((2 L + d) b); post forward reads H and y, writes H_out ((2 L + d) b); post
-backward is two passes (G and y, writing G_y; then G and H, writing G_H): ((4 L + 2 d) b).
+backward reads G, H and y, writes G_H and G_y ((3 L + 2 d) b).
 """
 
 from __future__ import annotations
@@ -361,7 +361,7 @@ def mhc_kernel_table(n: int, d: int, tokens: int, dtype: torch.dtype, device: to
         "mhc pre bwd": ("apply", (2 * L + d) * b, lambda: M.pre_backward(Gh0, H, h_pre, torch.float32)),
         "mhc post fwd": ("apply", (2 * L + d) * b,
                          lambda: M.post_forward(y, H, h_post, h_res, torch.float32, dtype)),
-        "mhc post bwd (2 passes)": ("apply", (4 * L + 2 * d) * b,
+        "mhc post bwd": ("apply", (3 * L + 2 * d) * b,
                                     lambda: M.post_backward(G, y, H, h_post, h_res, torch.float32)),
     }
     times = timer.interleaved({name: job for name, (_, _, job) in jobs.items()}, reps, warmup)

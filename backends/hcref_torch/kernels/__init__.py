@@ -15,7 +15,7 @@ mHC (mHC paper, arXiv 2512.24880): ``mhc_coeffs`` (RMS statistics and the projec
 pass over the flattened n*d state, then gates, sigmoid / 2 sigmoid and the whole Sinkhorn loop
 in registers; the backward recomputes the iterates), ``sinkhorn`` (the same epilogue alone),
 ``mhc_pre`` (h0 = h_pre^T H, one pass) and ``mhc_post`` (H_out = h_res H + h_post y^T, one
-pass), the last two on the mixing kernels.
+pass; its backward one pass over G, H and y), the forwards on the mixing kernels.
 
 Use: the functional API here has the contract ops' signatures and errors (:mod:`.functional`)
 plus the fused site (:func:`hc_site_width` / :func:`fc_site_width`, then :func:`site_depth`).

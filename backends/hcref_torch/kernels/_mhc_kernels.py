@@ -1,7 +1,7 @@
 # mypy: disable-error-code="untyped-decorator,no-untyped-def"
 """The Triton kernels of mHC's coefficients (mHC paper, arXiv 2512.24880, Eqs. 7-9 and 14-19;
-math.md 4.2-4.5, 5.5-5.6). The apply steps (``mhc_pre``, ``mhc_post``) run on the mixing
-kernels of :mod:`._kernels`.
+math.md 4.2-4.5, 5.5-5.6) and the backward of ``mhc_post``; ``mhc_pre``, and ``mhc_post``'s
+forward, run on the mixing kernels of :mod:`._kernels`.
 
 Layout. A token is one row ``v = vec(H[t])`` of length ``L = n*d`` (H contiguous as (T, L)).
 The ``2n + n^2`` coefficient columns are packed by the launcher into ``CP = 2 NP^2`` columns,
@@ -356,3 +356,54 @@ def coeffs_proj_bwd_kernel(
         q = tl.where(m2, q, 0.0)
         q_acc = _mm_tn(q, gz, q_acc, MODE, PREC)
     tl.store(QP + (pid_g * L + jj[:, None]) * CP + cc[None, :], q_acc, mask=jm[:, None])
+
+
+# --- post-apply backward ------------------------------------------------------------------
+
+
+@triton.jit
+def post_bwd_kernel(
+    G, Y, H, HPOST, HRES, GY, GH, GPOST, GRES,
+    T, w, sp_t, sr_t,
+    N: tl.constexpr, NP: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_W: tl.constexpr, IS64: tl.constexpr,
+):
+    """VJP of ``H_out = h_res H + h_post y^T`` (math.md 5.5) in one pass over G, H and y:
+    ``g_y = sum_o h_post[o] G[o]``, ``G_H[i] = sum_o h_res[o, i] G[o]``, ``g_h_post[o] = G[o] . y``,
+    ``g_h_res[o, i] = G[o] . H[i]`` (the last two reduced over the width in registers). The
+    coefficients may be broadcast over the tokens (token strides ``sp_t``, ``sr_t``; 0 for a
+    static site's)."""
+    pid = tl.program_id(0)
+    t3 = (pid * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)
+    tmask = t3 < T
+    i3 = tl.arange(0, NP)
+    imask = i3 < N
+    am = tmask[:, None] & imask[None, :]
+    hp = _to_acc(tl.load(HPOST + t3[:, None] * sp_t + i3[None, :], mask=am, other=0.0), IS64)
+    g_post = hp * 0.0
+    g_res = _to_acc(tl.zeros((BLOCK_T, NP, NP), tl.float32), IS64)
+    o3 = tl.arange(0, NP)[None, :, None]
+    jr = tl.arange(0, BLOCK_W)
+    for j0 in range(0, w, BLOCK_W):
+        jj = j0 + jr
+        jm = jj < w
+        om = tmask[:, None] & jm[None, :]
+        m3 = am[:, :, None] & jm[None, None, :]
+        h3 = _to_acc(tl.load(H + (t3[:, None, None] * N + i3[None, :, None]) * w + jj[None, None, :],
+                             mask=m3, other=0.0), IS64)
+        yv = _to_acc(tl.load(Y + t3[:, None] * w + jj[None, :], mask=om, other=0.0), IS64)
+        gy = yv * 0.0
+        gh = h3 * 0.0
+        for o in tl.static_range(N):
+            g_o = _to_acc(tl.load(G + (t3[:, None] * N + o) * w + jj[None, :], mask=om, other=0.0), IS64)
+            hp_o = tl.sum(tl.where(i3[None, :] == o, hp, 0.0), axis=1)
+            gy += hp_o[:, None] * g_o
+            g_post += tl.where(i3[None, :] == o, tl.sum(g_o * yv, axis=1)[:, None], 0.0)
+            g_res += tl.where(o3 == o, tl.sum(h3 * g_o[:, None, :], axis=2)[:, None, :], 0.0)
+            hr_o = _to_acc(tl.load(HRES + t3[:, None] * sr_t + o * N + i3[None, :], mask=am, other=0.0), IS64)
+            gh += hr_o[:, :, None] * g_o[:, None, :]
+        tl.store(GY + t3[:, None] * w + jj[None, :], gy.to(GY.dtype.element_ty), mask=om)
+        tl.store(GH + (t3[:, None, None] * N + i3[None, :, None]) * w + jj[None, None, :],
+                 gh.to(GH.dtype.element_ty), mask=m3)
+    tl.store(GPOST + t3[:, None] * N + i3[None, :], g_post.to(GPOST.dtype.element_ty), mask=am)
+    tl.store(GRES + (t3[:, None, None] * N + o3) * N + i3[None, None, :], g_res.to(GRES.dtype.element_ty),
+             mask=tmask[:, None, None] & (o3 < N) & imask[None, None, :])

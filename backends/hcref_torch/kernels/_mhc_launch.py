@@ -240,10 +240,31 @@ def post_forward(y: Tensor, H: Tensor, h_post: Tensor, h_res: Tensor, ct: torch.
 def post_backward(
     G: Tensor, y: Tensor, H: Tensor, h_post: Tensor, h_res: Tensor, ct: torch.dtype
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(g_y = h_post^T G, g_H = h_res^T G, g_h_post = G y, g_h_res = G H^T)``: two passes
-    (G and y; then G and H), each in its input's dtype."""
-    gy, gpost = hc.write_backward(G, y, h_post.to(ct), fc=False)
-    alpha = h_res.to(ct).transpose(-1, -2).contiguous()
-    gH, gal = hc.mix_backward(H, alpha, None, G, split=0, write_gh=True, g_alpha_dtype=ct)
-    assert gH is not None
-    return gy, gH, gpost.to(h_post.dtype), gal.transpose(-1, -2).to(h_res.dtype).contiguous()
+    """``(g_y = h_post^T G, g_H = h_res^T G, g_h_post = G y, g_h_res = G H^T)`` in one pass over
+    G, H and y (:func:`._mhc_kernels.post_bwd_kernel`), each in its input's dtype."""
+    lead = H.shape[:-2]
+    n, d = H.shape[-2], H.shape[-1]
+    G3 = G.reshape(-1, n, d).contiguous()
+    H3 = H.reshape(-1, n, d).contiguous()
+    T = H3.shape[0]
+    y2 = y.reshape(T, d).contiguous()
+    hp, sp_t = hc._tokens(h_post.to(ct), 1)
+    hr, sr_t = hc._tokens(h_res.to(ct), 2)
+    if hr.shape[0] > 0 and hr.stride(-2) != n:  # the kernel takes rows of h_res n apart
+        hr = hr.contiguous()
+        sr_t = hr.stride(0) if hr.shape[0] > 1 else 0
+    dev = H.device
+    GY = torch.empty(T, d, dtype=y.dtype, device=dev)
+    GH = torch.empty(T, n, d, dtype=H.dtype, device=dev)
+    GP = torch.empty(T, n, dtype=ct, device=dev)
+    GR = torch.empty(T, n, n, dtype=ct, device=dev)
+    if T > 0:
+        NP = hc._pow2(n)
+        bt, bw, warps = hc._config("mix_bwd", NP, d, dot=False)
+        hc._launch(
+            "mhc_post_bwd", k.post_bwd_kernel, (triton.cdiv(T, bt),),
+            G3, y2, H3, hp, hr, GY, GH, GP, GR, T, d, sp_t, sr_t,
+            N=n, NP=NP, BLOCK_T=bt, BLOCK_W=bw, IS64=ct == torch.float64, num_warps=warps,
+        )
+    return (GY.reshape(y.shape), GH.reshape(H.shape), GP.reshape(*lead, n).to(h_post.dtype),
+            GR.reshape(*lead, n, n).to(h_res.dtype))

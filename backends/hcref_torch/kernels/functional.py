@@ -413,8 +413,8 @@ def mhc_pre(H: Tensor, h_pre: Tensor) -> Tensor:
 
 def mhc_post(y: Tensor, H: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
     """:func:`hcref.mhc_post` (mHC paper Eq. 3): ``H_out = h_res H + h_post y^T`` in one pass
-    (H, y and the coefficients read once, H_out written once). Backward: ``g_y``, ``g_h_post``
-    from G and y, then ``g_H = h_res^T G``, ``g_h_res = G H^T`` from G and H (two passes).
+    (H, y and the coefficients read once, H_out written once). Backward in one pass over G, H
+    and y: ``g_y = h_post^T G``, ``g_H = h_res^T G``, ``g_h_post = G y``, ``g_h_res = G H^T``.
 
     Shapes: y (..., d), H (..., n, d), h_post (..., n), h_res (..., n, n) -> H_out (..., n, d) in
     ``promote(y, H)``.
