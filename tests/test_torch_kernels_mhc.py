@@ -335,3 +335,19 @@ def test_torch_compile_fullgraph(launch: Any, dynamo_traces_this_checkout: None)
         torch._dynamo.reset()
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_fallback_never_comes_back_to_the_kernels() -> None:
+    """The kernels' fallback runs the generic ops inside ``generic_path()``, where ``use_for`` is
+    False: a generic op that dispatched with ``use_for`` (even without ``op``) cannot recurse."""
+
+    class CudaLooking(torch.Tensor):  # use_for's device test without a GPU
+        @property
+        def device(self) -> Any:  # type: ignore[override]
+            return torch.device("cuda")
+
+    H = torch.ones(2, 9, 3).as_subclass(CudaLooking)
+    assert _switch.use_for(H) and not _switch.use_for(H, op="mhc_coeffs")  # 9 streams: pre/post only
+    with _switch.generic_path():
+        assert not _switch.use_for(H) and not _switch.use_for(H, op="mhc_pre")
+    assert _switch.use_for(H, op="mhc_post")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -110,10 +112,28 @@ def supported(H: object, *others: object, op: str | None = None) -> bool:
     return available()
 
 
+_generic_depth = 0
+
+
+@contextmanager
+def generic_path() -> Iterator[None]:
+    """Inside, :func:`use_for` is False: the kernels' own fallback into the generic ops (which
+    dispatch with :func:`use_for`) never comes back to the kernels, whatever ``op`` a caller
+    passed (or forgot)."""
+    global _generic_depth
+    _generic_depth += 1
+    try:
+        yield
+    finally:
+        _generic_depth -= 1
+
+
 def use_for(H: object, *others: object, op: str | None = None) -> bool:
     """The automatic dispatch of the contract ops and modules: :func:`enabled`, CUDA tensors
-    only (never CPU tensors, even under the interpreter) and :func:`supported` (``op`` as there)."""
-    return isinstance(H, torch.Tensor) and H.device.type == "cuda" and enabled() and supported(H, *others, op=op)
+    only (never CPU tensors, even under the interpreter) and :func:`supported` (``op`` as there;
+    pass it for the mHC ops: ``mhc_coeffs`` and ``sinkhorn`` take fewer streams)."""
+    return (_generic_depth == 0 and isinstance(H, torch.Tensor) and H.device.type == "cuda" and enabled()
+            and supported(H, *others, op=op))
 
 
 if torch.cuda.is_available() and _TRITON_FOUND:  # import triton now, not inside a traced call

@@ -31,7 +31,7 @@ from hcref import validation as v
 from hcref.sinkhorn_knopp import ITERS
 from hcref.validation import ArrayMeta
 
-from ._switch import TORCH_OK, supported
+from ._switch import TORCH_OK, generic_path, supported
 
 if TORCH_OK:  # registers the custom ops (torch >= 2.4); imports no triton
     from . import _mhc_ops, _ops
@@ -321,7 +321,8 @@ def _generic_mhc() -> Any:
 def _mhc_coeffs_op(H: Any, params: Any, iters: Any, eps: Any, strict: bool) -> tuple[Tensor, Tensor, Tensor]:
     n, _, dynamic = v.check_mhc_coeffs(_meta("H", H), params, _param_metas(params), iters, eps)
     if not strict and not supported(H, *params.values(), op="mhc_coeffs"):
-        result: tuple[Tensor, Tensor, Tensor] = _generic_mhc().mhc_coeffs(H, params, iters=iters, eps=eps)
+        with generic_path():
+            result: tuple[Tensor, Tensor, Tensor] = _generic_mhc().mhc_coeffs(H, params, iters=iters, eps=eps)
         return result
     out_dtype = _promote(H, *params.values())
     lead = H.shape[:-2]
@@ -340,7 +341,8 @@ def _mhc_coeffs_op(H: Any, params: Any, iters: Any, eps: Any, strict: bool) -> t
 def _sinkhorn_op(Z: Any, iters: Any, eps: Any, strict: bool) -> Tensor:
     v.check_sinkhorn(_meta("Z", Z), iters, eps)
     if not strict and not supported(Z, op="sinkhorn"):
-        result: Tensor = _generic_mhc().sinkhorn(Z, iters=iters, eps=eps)
+        with generic_path():
+            result: Tensor = _generic_mhc().sinkhorn(Z, iters=iters, eps=eps)
         return result
     n = Z.shape[-1]
     e = Z.new_empty(0)
@@ -353,7 +355,8 @@ def _sinkhorn_op(Z: Any, iters: Any, eps: Any, strict: bool) -> Tensor:
 def _mhc_pre_op(H: Any, h_pre: Any, strict: bool) -> Tensor:
     v.check_mhc_pre(_meta("H", H), _meta("h_pre", h_pre))
     if not strict and not supported(H, h_pre, op="mhc_pre"):
-        result: Tensor = _generic_mhc().mhc_pre(H, h_pre)
+        with generic_path():
+            result: Tensor = _generic_mhc().mhc_pre(H, h_pre)
         return result
     out: Tensor = _mhc_ops.mhc_pre(H, h_pre)
     return out
@@ -362,7 +365,8 @@ def _mhc_pre_op(H: Any, h_pre: Any, strict: bool) -> Tensor:
 def _mhc_post_op(y: Any, H: Any, h_post: Any, h_res: Any, strict: bool) -> Tensor:
     v.check_mhc_post(_meta("y", y), _meta("H", H), _meta("h_post", h_post), _meta("h_res", h_res))
     if not strict and not supported(H, y, h_post, h_res, op="mhc_post"):
-        result: Tensor = _generic_mhc().mhc_post(y, H, h_post, h_res)
+        with generic_path():
+            result: Tensor = _generic_mhc().mhc_post(y, H, h_post, h_res)
         return result
     out: Tensor = _mhc_ops.mhc_post(y, H, h_post, h_res)
     return out
