@@ -309,7 +309,8 @@ def dynamo_traces_this_checkout() -> Iterator[None]:
         trace_rules._recompile_re()
 
 
-def test_torch_compile_fullgraph(launch: Any, dynamo_traces_this_checkout: None) -> None:
+@pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(launch: Any, dynamo_traces_this_checkout: None, compile_backend: str) -> None:
     """A whole mHC site on the kernel ops, forward and backward, is one graph (fullgraph=True
     raises on a graph break), with the same numbers as eager."""
     rng = np.random.default_rng(17)
@@ -324,7 +325,7 @@ def test_torch_compile_fullgraph(launch: Any, dynamo_traces_this_checkout: None)
     results = []
     try:
         monkeypatch.setattr(_switch, "_INTERPRET_ENV", True)
-        for fn in (site, torch.compile(site, fullgraph=True, backend="aot_eager")):
+        for fn in (site, torch.compile(site, fullgraph=True, backend=compile_backend)):
             H = torch.tensor(H0, requires_grad=True)
             params = {k: torch.tensor(v, requires_grad=True) for k, v in params0.items()}
             out = fn(H, params)
