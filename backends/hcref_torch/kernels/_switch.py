@@ -94,8 +94,9 @@ def supported(H: object, *others: object, op: str | None = None) -> bool:
     one device that is CUDA (or CPU under the interpreter), of a dtype in :data:`DTYPES`, with
     1 <= K <= :data:`MAX_ROWS` (:data:`MHC_MAX_N` for ``op`` ``"mhc_coeffs"`` and
     ``"sinkhorn"``, whose H is Z (..., n, n)) and w >= 1. Leading axes may be empty (size 0) or
-    absent. ``op`` names the contract op (None: the HC/FC ops; ``mhc_pre``/``mhc_post`` take
-    the same shapes as those)."""
+    absent; no DTensor (or other ``torch.distributed`` tensor type: the kernel ops have no
+    sharding rules, the generic ops do). ``op`` names the contract op (None: the HC/FC ops;
+    ``mhc_pre``/``mhc_post`` take the same shapes as those)."""
     if not isinstance(H, torch.Tensor) or H.dim() < 2:
         return False
     max_rows = MHC_MAX_N if op in _MHC_SMALL else MAX_ROWS
@@ -108,6 +109,8 @@ def supported(H: object, *others: object, op: str | None = None) -> bool:
         return False
     for t in (H, *others):
         if not isinstance(t, torch.Tensor) or t.device != device or t.dtype not in DTYPES:
+            return False
+        if type(t).__module__.startswith("torch.distributed"):  # DTensor: the kernels have no sharding rules
             return False
     return available()
 
