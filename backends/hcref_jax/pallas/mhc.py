@@ -91,6 +91,13 @@ def _use(force: bool, op: str, *args: Any) -> bool:
     return (force or mode.want_kernels()) and supported(op, *args)
 
 
+def _xla(fn: Any, *args: Any, **options: Any) -> Any:
+    """``fn`` of :mod:`hcref_jax.mhc` traced in mode "xla", so that a dispatch to these kernels added
+    there can never call back into them (whatever its predicate)."""
+    with mode.use_mode("xla"):
+        return fn(*args, **options)
+
+
 def _param_metas(params: Any) -> dict[str, v.ArrayMeta]:
     if not isinstance(params, Mapping):
         return {}
@@ -100,13 +107,13 @@ def _param_metas(params: Any) -> dict[str, v.ArrayMeta]:
 def _coeffs(H: Any, params: Any, iters: int, eps: float, force: bool) -> tuple[Array, Array, Array]:
     n, d, dynamic = v.check_mhc_coeffs(xla_ops.meta("H", H), params, _param_metas(params), iters, eps)
     if not dynamic or not _use(force, "mhc_coeffs", H, params):
-        return xla.mhc_coeffs(H, params, iters=iters, eps=eps)
+        return _xla(xla.mhc_coeffs, H, params, iters=iters, eps=eps)  # type: ignore[no-any-return]
     H = jnp.asarray(H)
     p = {key: jnp.asarray(value) for key, value in params.items()}
     out = dtype_name(jnp.result_type(H.dtype, *(a.dtype for a in p.values())))
     spec = MhcSpec(n, int(iters), float(eps), out)
     if not coeff_fits(spec, math.prod(H.shape[:-2]), n * d, H.dtype.itemsize):
-        return xla.mhc_coeffs(H, params, iters=iters, eps=eps)
+        return _xla(xla.mhc_coeffs, H, params, iters=iters, eps=eps)  # type: ignore[no-any-return]
     gates = p["gates"].astype(F32)
     gates_col = jnp.concatenate([jnp.broadcast_to(gates[0], (n,)), jnp.broadcast_to(gates[1], (n,)),
                                  jnp.broadcast_to(gates[2], (n * n,))])
@@ -119,7 +126,7 @@ def _coeffs(H: Any, params: Any, iters: int, eps: float, force: bool) -> tuple[A
 def _pre(H: Any, h_pre: Any, force: bool) -> Array:
     n, d = v.check_mhc_pre(xla_ops.meta("H", H), xla_ops.meta("h_pre", h_pre))
     if not _use(force, "mhc_pre", H, h_pre):
-        return xla.mhc_pre(H, h_pre)
+        return _xla(xla.mhc_pre, H, h_pre)  # type: ignore[no-any-return]
     H, h_pre = jnp.asarray(H), jnp.asarray(h_pre)
     spec = MixSpec(n, 1, 1, rest=False, pass_state=False)
     (h0,) = mix_rows(spec, h_pre.reshape(-1, n), H.reshape(-1, d))
@@ -130,7 +137,7 @@ def _post(y: Any, H: Any, h_post: Any, h_res: Any, force: bool) -> Array:
     n, d = v.check_mhc_post(xla_ops.meta("y", y), xla_ops.meta("H", H), xla_ops.meta("h_post", h_post),
                             xla_ops.meta("h_res", h_res))
     if not _use(force, "mhc_post", y, H, h_post, h_res):
-        return xla.mhc_post(y, H, h_post, h_res)
+        return _xla(xla.mhc_post, y, H, h_post, h_res)  # type: ignore[no-any-return]
     y, H, h_post, h_res = (jnp.asarray(a) for a in (y, H, h_post, h_res))
     spec = WriteSpec(n, 1, True, n, 0, dtype_name(jnp.result_type(y.dtype, H.dtype)), dtype_name(H.dtype))
     A = jnp.swapaxes(h_res, -1, -2).reshape(-1, n * n)  # A_r[i, j] = h_res[j, i]: from stream i into j
