@@ -238,8 +238,9 @@ def _mhc_cases(tokens: int, n: int, d: int, dtype: Any, seed: int) -> dict[str, 
 
 def _smoke_mhc(n: int, d: int, seed: int) -> float:
     """One mHC site (``mhc_coeffs`` with 20 Sinkhorn iterations, ``mhc_pre``, a tanh branch,
-    ``mhc_post``; eps 0 and DeepSeek-V4's 1e-6), value and gradients by the kernels in interpret mode
-    and by the XLA path (hcref_jax.mhc): the largest relative difference."""
+    ``mhc_post``; eps 0, the paper's Sinkhorn), value and gradients by the kernels in interpret mode
+    and by the XLA path (hcref_jax.mhc): the largest relative difference. (DeepSeek-V4's eps > 0
+    is tested in tests/test_jax_pallas_mhc.py.)"""
     from hcref_jax import mhc as xla_mhc
     from hcref_jax import pallas
 
@@ -254,14 +255,10 @@ def _smoke_mhc(n: int, d: int, seed: int) -> float:
 
         return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(H, params)
 
-    worst = 0.0
-    for eps in (0.0, 1e-6):
-        with pallas.use_mode("pallas"):
-            got = jax.tree.leaves(value_and_grad(pallas, eps))
-        want = jax.tree.leaves(value_and_grad(xla_mhc, eps))
-        worst = max([worst] + [float(jnp.abs(g - x).max() / jnp.maximum(jnp.abs(x).max(), 1.0))
-                               for g, x in zip(got, want)])
-    return worst
+    with pallas.use_mode("pallas"):
+        got = jax.tree.leaves(value_and_grad(pallas, 0.0))
+    want = jax.tree.leaves(value_and_grad(xla_mhc, 0.0))
+    return max(float(jnp.abs(g - x).max() / jnp.maximum(jnp.abs(x).max(), 1.0)) for g, x in zip(got, want))
 
 
 def _pallas_cases(family: str, tokens: int, k: int, w: int, dtype: Any, seed: int) -> dict[str, Any]:

@@ -7,8 +7,8 @@ multiple of 128; one token without leading axes; several token blocks with a par
 two partial sums in the backward and several lane blocks (``blocks.limits``); iters 1, 3 and 20;
 eps 0 (the paper, log domain) and 1e-6 (DeepSeek-V4); extreme logits (a row 1e4 below, D7) and
 huge or tiny states (D12, scale-safe RMS); the suite's own tolerance tables on its bfloat16 and
-float32 cases; jit, vmap (tokens folded, per-example parameters, vmap of grad) and grad through a
-whole mHC site; dispatch and fallbacks; the reference's errors word for word; the Pallas-to-Mosaic
+float32 cases; jit, vmap (tokens folded, per-example parameters, vmap of grad) and grad through the
+NNX mHC site on the kernels; dispatch and fallbacks; the reference's errors word for word; the Pallas-to-Mosaic
 lowering of every mHC kernel for a TPU (``jax.export``, no TPU needed).
 No TPU ran any of this: interpret mode checks the kernels' arithmetic, block indexing, grid order and
 dimension semantics, not Mosaic's compiler passes, VMEM capacity or speed.
@@ -16,6 +16,7 @@ dimension semantics, not Mosaic's compiler passes, VMEM capacity or speed.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -26,8 +27,10 @@ pytest.importorskip("flax.nnx")
 
 import jax.numpy as jnp
 import mhc_cases as mc
+from flax import nnx
 from hcref_jax import mhc as xla_mhc
 from hcref_jax import pallas as hp
+from hcref_jax.mhc_modules import ManifoldHyperConnections
 from hcref_jax.pallas import Forced, blocks
 from hcref_jax.pallas import mode as pallas_mode
 
@@ -198,24 +201,38 @@ def _site(ops: Any, iters: int = 20, eps: float = 0.0) -> Any:
     return site
 
 
-def test_site_under_jit_vmap_and_grad() -> None:
-    """A whole mHC site (coefficients, pre, a branch, post) under jit: vmap over a batch with shared
-    parameters (folded into the tokens), with per-example parameters (one call per example), and
-    vmap of grad (the gradient of every kernel, per-example parameter gradients): equal to the XLA path
-    (hcref_jax.mhc, checked against the reference in test_jax_mhc.py) on the same inputs."""
+class PallasMHC(ManifoldHyperConnections):
+    """The NNX mHC site with its ops namespace on the kernels (what hcref_jax.mhc's dispatch gives on
+    a TPU)."""
+
+    ops = SimpleNamespace(meta=xla_mhc.meta, mhc_coeffs=Forced.mhc_coeffs, mhc_pre=Forced.mhc_pre,
+                          mhc_post=Forced.mhc_post)
+
+
+def test_module_site_under_jit_vmap_and_grad() -> None:
+    """The NNX mHC site on the kernels, split into a pure function (``nnx.split`` / ``nnx.merge``),
+    under jit: vmap over a batch with shared parameters (folded into the tokens), with per-example
+    parameters (one call per example), and vmap of grad (every kernel's backward, per-example
+    parameter gradients as NNX states): equal to the XLA module (hcref_jax.mhc_modules, checked
+    against the reference in test_jax_mhc.py) on the same inputs."""
     rng = np.random.default_rng(12)
     n, d = 3, 5
-    raws = [random_inputs("mhc_coeffs", rng, (), n, d)[1] for _ in range(3)]
-    ps = {key: jnp.asarray(np.stack([r[key] for r in raws]) * (1.0 if key == "b" else 3.0), jnp.float32)
-          for key in raws[0]}
-    p0 = {key: value[0] for key, value in ps.items()}
+    sites = [PallasMHC(n, d, 0, eps=1e-6) for _ in range(3)]
+    for site in sites:
+        for key in site.param_keys:
+            param = getattr(site, key)
+            param[...] = param[...] + jnp.asarray(rng.normal(size=param.shape), jnp.float32)
+    graphdef, p0 = nnx.split(sites[0])
+    ps = jax.tree.map(lambda *xs: jnp.stack(xs), *(nnx.split(site)[1] for site in sites))
+    xla_graphdef, _ = nnx.split(ManifoldHyperConnections(n, d, 0, eps=1e-6))
     H = jnp.asarray(rng.normal(size=(3, 4, n, d)), jnp.float32)
 
-    def all_ways(ops: Any) -> Any:
-        f = _site(ops, eps=1e-6)
+    def all_ways(graphdef: Any) -> Any:
+        def f(H: Any, state: Any) -> Any:
+            return nnx.merge(graphdef, state)(H, jnp.tanh)
 
-        def loss(H: Any, p: Any) -> Any:
-            return jnp.sum(jnp.sin(f(H, p)))
+        def loss(H: Any, state: Any) -> Any:
+            return jnp.sum(jnp.sin(f(H, state)))
 
         def run(H: Any, ps: Any, p0: Any) -> Any:
             return (
@@ -226,11 +243,12 @@ def test_site_under_jit_vmap_and_grad() -> None:
 
         return jax.jit(run)
 
-    traced = all_ways(Forced).trace(H, ps, p0)
-    assert "hcref_mhc_coeffs_fwd" in str(traced.jaxpr)
+    traced = all_ways(graphdef).trace(H, ps, p0)
+    jaxpr = str(traced.jaxpr)
+    assert "hcref_mhc_coeffs_fwd" in jaxpr and "hcref_mhc_coeffs_bwd" in jaxpr and "hcref_depth_bwd_fused" in jaxpr
     got = jax.tree.leaves(traced.lower().compile()(H, ps, p0))
-    want = jax.tree.leaves(all_ways(xla_mhc)(H, ps, p0))
-    assert len(got) == len(want)
+    want = jax.tree.leaves(all_ways(xla_graphdef)(H, ps, p0))
+    assert len(got) == len(want) == 3 + len(sites[0].param_keys)  # two outputs, g_H, g_params
     for g, w in zip(got, want):
         assert g.shape == w.shape
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=3e-5, atol=3e-6)
