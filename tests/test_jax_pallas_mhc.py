@@ -282,6 +282,7 @@ def test_modes_supported_and_fallbacks() -> None:
     assert not hp.supported("mhc_pre", S((4, 3, 8), jnp.float16), S((4, 3), jnp.float16))
     assert not hp.supported("mhc_pre", S((0, 3, 8), jnp.float32), S((0, 3), jnp.float32))
     assert not hp.supported("mhc_pre", S((2, 17, 8), jnp.float32), S((2, 17), jnp.float32))
+    assert not hp.supported("mhc_pre", S((8,), jnp.float32), S((8,), jnp.float32))  # invalid: False, no raise
     wide = {"phi": S((4 * 2**18, 24), F32), "b": S((24,), F32), "gates": S((3,), F32)}
     assert not hp.supported("mhc_coeffs", S((2, 4, 2**18), jnp.float32), wide)
     with pytest.raises(ValueError, match=r"^op: expected one of"):

@@ -58,9 +58,12 @@ def _dtypes_ok(*arrays: Any) -> bool:
 
 def supported(op: str, *args: Any) -> bool:
     """:func:`hcref_jax.pallas.supported` for the mHC ops: ``("mhc_coeffs", H, params)``,
-    ``("mhc_pre", H, h_pre)``, ``("mhc_post", y, H, h_post, h_res)``. ``iters`` and ``eps`` do not
-    matter (any ``iters``; the scratch for its potentials is counted at the default 20 and at
-    ``iters`` by the op itself)."""
+    ``("mhc_pre", H, h_pre)``, ``("mhc_post", y, H, h_post, h_res)``. ``iters`` and ``eps`` are not
+    arguments: the scratch for the Sinkhorn potentials is counted at the default ``iters`` = 20 here
+    and at the actual ``iters`` by the op itself. Inputs are assumed valid for the op (the op checks
+    them); anything else gives False. Raises ValueError for an unknown ``op``."""
+    if op not in MHC_OPS:
+        raise ValueError(f"op: expected one of {list(MHC_OPS)}, got {op!r}")
     try:
         arrays = [a for x in args for a in (x.values() if isinstance(x, Mapping) else (x,))]
         if not _dtypes_ok(*arrays):
@@ -78,12 +81,10 @@ def supported(op: str, *args: Any) -> bool:
             return coeff_fits(MhcSpec(n, ITERS, 0.0, out), tokens, n * d, size)
         if op == "mhc_pre":
             return mix_fits(MixSpec(n, 1, 1, rest=False, pass_state=False), tokens, d, size, args[1].dtype.itemsize)
-        if op == "mhc_post":
-            y, _, h_post, h_res = args
-            spec = WriteSpec(n, 1, True, n, 0, dtype_name(jnp.result_type(y.dtype, H.dtype)), dtype_name(H.dtype))
-            return write_fits(spec, tokens, d, [y.dtype.itemsize, size, h_post.dtype.itemsize, h_res.dtype.itemsize])
-        raise ValueError(f"op: expected one of {list(MHC_OPS)}, got {op!r}")
-    except (AttributeError, TypeError, IndexError):
+        y, _, h_post, h_res = args
+        spec = WriteSpec(n, 1, True, n, 0, dtype_name(jnp.result_type(y.dtype, H.dtype)), dtype_name(H.dtype))
+        return write_fits(spec, tokens, d, [y.dtype.itemsize, size, h_post.dtype.itemsize, h_res.dtype.itemsize])
+    except (AttributeError, TypeError, IndexError, ValueError):
         return False
 
 

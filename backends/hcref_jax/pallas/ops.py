@@ -15,6 +15,9 @@ dtype of H and the parameters; ``*_width`` keeps H's dtype; ``*_depth`` gives ``
 Kernels: float32 and bfloat16 inputs (what a TPU runs; float16 and float64 take the XLA path), at
 least one token, ``1 <= k <= 16`` streams/fractions, and rows whose blocks fit VMEM
 (:mod:`.blocks`). A static site's coefficients are a broadcast of its parameters: XLA does it.
+
+The mHC ops (``mhc_coeffs``, ``mhc_pre``, ``mhc_post``) live in :mod:`.mhc`; :func:`supported`,
+:data:`OPS` and :class:`Forced` cover them too.
 """
 
 from __future__ import annotations
