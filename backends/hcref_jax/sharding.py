@@ -1,5 +1,5 @@
 # mypy: disable-error-code="no-untyped-call,no-any-return"
-"""Hyper-Connections and Frac-Connections on a device mesh: ``jax.jit`` with ``NamedSharding``, and ``shard_map``.
+"""HC, FC and mHC on a device mesh: ``jax.jit`` with ``NamedSharding``, and ``shard_map``.
 
 Named dims: ``...`` token axes (batch, time), ``k`` rows of the state (HC: n streams, FC: m fractions),
 ``w`` their width (HC: d, FC: e = d/m), ``c`` coefficient columns (HC: n+1, FC: 2m).
@@ -51,6 +51,25 @@ replicated and slices its fraction columns, so its cotangent is an all-reduce (d
 bytes). The network's ends: :meth:`MeshPlan.expand` / :meth:`MeshPlan.frac_split` enter the layout at
 the cost of x (never of the n copies), :meth:`MeshPlan.reduce` stays sharded, :meth:`MeshPlan.frac_merge`
 gathers the state (d per token).
+
+mHC (``ManifoldHyperConnections``, ``MHCHead``; methods ``mhc_coeffs``, ``mhc_pre``, ``mhc_post``,
+``mhc_head`` and ``width`` / ``depth`` / ``site`` / ``head`` for the modules). Tokens sharded: the plain
+modules partition by themselves. Width sharded: the plain ops flatten H to ``vec(H) (..., n*d)``, an axis
+whose minor part is sharded, which no ``NamedSharding`` expresses, so automatic partitioning all-gathers
+the whole state; the ``shard_map`` versions do not. ``phi (n*d, k)`` stays replicated (its rows interleave
+the width shards: row ``i*d + c`` reads stream i, column c) and each shard reads ``phi.reshape(n, d, k)``'s
+slice for its columns; ``b``, ``gates``, ``gate`` are replicated. With ``k = 2n + n^2``, per token and
+site::
+
+    forward   pmax   max|vec(H)|                         1         scale-safe RMS (D12); no backward
+              psum   [vec(H) phi | sum (vec(H)/s)^2]     k + 1     one all-reduce; then gates and bias
+              (the sigmoids and Sinkhorn act on the replicated logits outside the shard_map)
+    backward  psum   cotangent of h_pre                  n         at mhc_pre
+              psum   cotangents of h_post, h_res         n + n^2   at mhc_post (XLA's combiner may merge them)
+
+plus h0's all-gather (d) and y's cotangent (d), as HC. ``MHCHead``: pmax 1 and psum n + 1 forward, psum n
+backward; x (..., d) comes out sharded like one stream. Once per step, phi's gradient (n d k floats) is
+all-gathered over the model axis (phi is replicated).
 """
 
 from __future__ import annotations
@@ -178,21 +197,15 @@ def _mhc_project_local(H: Array, phi: Array, *, axis: str | None, d: int) -> Arr
     return total[..., :-1] / s * r
 
 
-def _mhc_coeffs_local(
-    H: Array, phi: Array, b: Array, gates: Array, *, axis: str | None, d: int, iters: int, eps: float
-) -> tuple[Array, Array, Array]:
-    """``hcref_jax.mhc.mhc_coeffs`` (dynamic) on the local columns; the epilogue (gates, bias, sigmoid,
-    2 sigmoid, Sinkhorn) runs redundantly on every shard of ``axis``, so the coefficients are invariant."""
+def _mhc_logits_local(H: Array, phi: Array, b: Array, gates: Array, *, axis: str | None, d: int) -> Array:
+    """The logits ``[gates[0] z_pre + b_pre | gates[1] z_post + b_post | gates[2] z_res + b_res]`` (..., 2n+n^2)
+    of ``hcref_jax.mhc.mhc_coeffs`` (dynamic) from the local columns, in the compute dtype (D12); identical on
+    every shard of ``axis``. The sigmoids and Sinkhorn are applied to them outside the shard_map."""
     n = H.shape[-2]
-    out = jnp.result_type(H.dtype, phi.dtype, b.dtype, gates.dtype)
-    ct = ops.compute_dtype(out)
+    ct = ops.compute_dtype(jnp.result_type(H.dtype, phi.dtype, b.dtype, gates.dtype))
     z = _mhc_project_local(H.astype(ct), phi.astype(ct), axis=axis, d=d)
-    b, gates = b.astype(ct), gates.astype(ct)
-    pre = z[..., :n] * gates[0] + b[:n]
-    post = z[..., n : 2 * n] * gates[1] + b[n : 2 * n]
-    res = z[..., 2 * n :] * gates[2] + b[2 * n :]
-    h_res = mhc.sinkhorn(res.reshape(*res.shape[:-1], n, n), iters=iters, eps=eps)
-    return (jax.nn.sigmoid(pre) + eps).astype(out), (2 * jax.nn.sigmoid(post)).astype(out), h_res.astype(out)
+    per_column = jnp.repeat(gates.astype(ct), jnp.array([n, n, n * n]), total_repeat_length=2 * n + n * n)
+    return z * per_column + b.astype(ct)
 
 
 def _mhc_head_local(H: Array, phi: Array, b: Array, gate: Array, *, axis: str | None, d: int, eps: float) -> Array:
@@ -428,22 +441,10 @@ class MeshPlan:
         """:func:`hcref_jax.fc_depth` on the local columns; ``y (..., d)`` in any layout (taken replicated)."""
         return self._depth("fc", y, H_res, beta)
 
-    # --- mHC (shard_map over the model axis; the contract's signatures) ------------------------------
-    #
-    # The mHC shard_maps are manual over ``model`` only (``axis_names``): the token axes stay with the
-    # automatic partitioner, so inside them an array is varying over ``model`` or invariant, never over
-    # ``data``. Without a model axis the plain ops partition by themselves (nothing crosses the tokens).
+    # --- mHC (shard_map; the contract's signatures) -------------------------------------------------
 
-    def _msmap(self, f: Callable[..., Any], in_specs: Any, out_specs: Any) -> Callable[..., Any]:
-        return jax.shard_map(f, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, axis_names={self.model})
-
-    def _width_spec(self, ndim: int) -> PartitionSpec:
-        """The last axis on ``model`` (a state (..., n, d) or one stream (..., d)), for the model-only shard_maps."""
-        return P(*([None] * (ndim - 1)), self.model)
-
-    def _tokens_spec(self, ndim: int) -> PartitionSpec:
-        """The last axis on ``model`` and the tokens on ``data``: where an array is placed before a shard_map
-        (explicit-axis meshes only; see :meth:`_reshard`)."""
+    def _stream_spec(self, ndim: int) -> PartitionSpec:
+        """One stream ``(..., d)`` laid out like a row of the state: tokens on ``data``, d on ``model``."""
         return P(*self._lead(ndim - 1), self.model)
 
     def _phi_rows(self, phi: Any, n: int, d: int) -> Array:
@@ -455,7 +456,9 @@ class MeshPlan:
         self, H: Array, params: Mapping[str, Array], *, iters: int = ITERS, eps: float = 0.0
     ) -> tuple[Array, Array, Array]:
         """:func:`hcref_jax.mhc.mhc_coeffs` with H sharded as :meth:`state_spec`: h_pre (..., n), h_post (..., n),
-        h_res (..., n, n) replicated over ``model`` (collectives in the module docstring)."""
+        h_res (..., n, n) replicated over ``model`` (collectives in the module docstring). The logits come from
+        a shard_map (the reductions over the flattened n*d vector); the sigmoids and Sinkhorn, a few dozen
+        numbers per token, act on them outside it, partitioned over the tokens like the logits."""
         metas = (
             {key: ops.meta(f"params[{key!r}]", value) for key, value in params.items()}
             if isinstance(params, Mapping)
@@ -465,10 +468,15 @@ class MeshPlan:
         if not dynamic or self.model is None:  # no reduction over a sharded width: the plain op partitions
             return mhc.mhc_coeffs(H, params, iters=iters, eps=eps)
         p = {key: jnp.asarray(value) for key, value in params.items()}
-        local = partial(_mhc_coeffs_local, axis=self.model, d=d, iters=iters, eps=float(eps))
-        f = self._msmap(local, (self._width_spec(H.ndim), P(None, self.model, None), P(), P()), (P(), P(), P()))
+        out = jnp.result_type(H.dtype, *(value.dtype for value in p.values()))
+        local = partial(_mhc_logits_local, axis=self.model, d=d)
+        phi_spec = P(None, self.model, None)
+        f = self._smap(local, (self.state_spec(H.ndim), phi_spec, P(), P()), self._spec(H.ndim - 1, 1))
         H = self._reshard(jnp.asarray(H), self.state_spec(H.ndim))
-        return f(H, self._phi_rows(p["phi"], n, d), self._reshard(p["b"], P()), self._reshard(p["gates"], P()))
+        logits = f(H, self._phi_rows(p["phi"], n, d), self._reshard(p["b"], P()), self._reshard(p["gates"], P()))
+        pre, post, res = logits[..., :n], logits[..., n : 2 * n], logits[..., 2 * n :]
+        h_res = mhc.sinkhorn(res.reshape(*res.shape[:-1], n, n), iters=iters, eps=eps)
+        return (jax.nn.sigmoid(pre) + eps).astype(out), (2 * jax.nn.sigmoid(post)).astype(out), h_res.astype(out)
 
     def mhc_pre(self, H: Array, h_pre: Array) -> Array:
         """:func:`hcref_jax.mhc.mhc_pre` on the local columns; h0 (..., d) is returned replicated over ``model``."""
@@ -482,8 +490,9 @@ class MeshPlan:
             h0 = mhc.mhc_pre(H, h_pre)
             return jax.lax.all_gather(h0, axis, axis=h0.ndim - 1, tiled=True, to="invarying")
 
-        f = self._msmap(local, (self._width_spec(H.ndim), P()), P())
-        return f(self._reshard(H, self.state_spec(H.ndim)), self._reshard(h_pre, self._spec(h_pre.ndim, 1)))
+        spec = self._spec(h_pre.ndim, 1)
+        f = self._smap(local, (self.state_spec(H.ndim), spec), self._spec(H.ndim - 1, 1))
+        return f(self._reshard(H, self.state_spec(H.ndim)), self._reshard(h_pre, spec))
 
     def mhc_post(self, y: Array, H: Array, h_post: Array, h_res: Array) -> Array:
         """:func:`hcref_jax.mhc.mhc_post` on the local columns; ``y (..., d)`` is taken sharded like one stream
@@ -498,14 +507,14 @@ class MeshPlan:
             h_res = jax.lax.pcast(h_res, axis, to="varying")
             return mhc.mhc_post(y, H, h_post, h_res)
 
-        f = self._msmap(local, (self._width_spec(y.ndim), self._width_spec(H.ndim), P(), P()), self._width_spec(H.ndim))
-        placed = (
-            self._tokens_spec(y.ndim),
+        specs = (
+            self._stream_spec(y.ndim),
             self.state_spec(H.ndim),
             self._spec(h_post.ndim, 1),
             self._spec(h_res.ndim, 2),
         )
-        return f(*(self._reshard(a, spec) for a, spec in zip((y, H, h_post, h_res), placed)))
+        f = self._smap(local, specs, self.state_spec(H.ndim))
+        return f(*(self._reshard(a, spec) for a, spec in zip((y, H, h_post, h_res), specs)))
 
     def mhc_head(self, H: Array, params: Mapping[str, Array], *, eps: float = 0.0) -> Array:
         """:func:`hcref_jax.mhc.mhc_head` on the local columns: x (..., d) sharded over ``model`` like one
@@ -520,8 +529,8 @@ class MeshPlan:
             return mhc.mhc_head(H, params, eps=eps)
         p = {key: jnp.asarray(value) for key, value in params.items()}
         local = partial(_mhc_head_local, axis=self.model, d=d, eps=float(eps))
-        specs = (self._width_spec(H.ndim), P(None, self.model, None), P(), P())
-        f = self._msmap(local, specs, self._width_spec(H.ndim - 1))
+        specs = (self.state_spec(H.ndim), P(None, self.model, None), P(), P())
+        f = self._smap(local, specs, self._stream_spec(H.ndim - 1))
         H = self._reshard(jnp.asarray(H), self.state_spec(H.ndim))
         return f(H, self._phi_rows(p["phi"], n, d), self._reshard(p["b"], P()), self._reshard(p["gate"], P()))
 

@@ -1,4 +1,4 @@
-"""Hyper-Connections and Frac-Connections under ``torch.distributed``: the plans, one per kind of sharding.
+"""Hyper-Connections, Frac-Connections and mHC under ``torch.distributed``: the plans, one per kind of sharding.
 
 Named dims: ``...`` token axes (batch, time), ``k`` rows of the state (HC: n streams, FC: m fractions),
 ``w`` their width (HC: d, FC: e = d/m), ``c`` coefficient columns (HC: n+1, FC: 2m), ``T`` ranks.
@@ -46,6 +46,32 @@ sequence-parallel block has per sublayer anyway, so the HC/FC state adds only th
 ``h0`` is handed to the sublayer as a ``Replicate()`` DTensor; ``y`` may come back ``Partial()`` (the
 cheapest: ``RowwiseParallel(output_layouts=Partial(), use_local_output=False)``), ``Replicate()`` or,
 for HC, ``Shard(-1)``.
+
+mHC (``ManifoldHyperConnections``, ``MHCHead``; mHC paper Eqs. 7-9). Tokens sharded: as above (DDP,
+FSDP2, sequence parallelism). mHC sites have no 0-dim parameter (``gates`` is (3)), so ``fully_shard``
+takes them whole; ``MHCHead``'s ``gate`` is 0-dim and goes to :func:`scalar_parameters`. Importing this
+module registers DTensor sharding rules for the Sinkhorn custom ops (token axes sharded, no
+collective), which sequence parallelism on DTensors needs. Width sharded: ``WidthParallel`` places
+``phi (n*d, k)`` by :func:`mhc_phi_placement` (each rank's rows are its d-slice of every stream, n
+interleaved blocks: ``_StridedShard(0, split_factor=n)``), ``b``, ``gates``, ``gate`` replicated. The
+coefficient step reduces over the flattened ``n*d`` vector; with ``k = 2n + n^2``, per token and site::
+
+    forward   all-reduce MAX   max|vec(H)|                      1        scale-safe RMS (D12); no backward
+              all-reduce SUM   [vec(H) phi | sum (vec(H)/s)^2]  k + 1    the projection and the sum of squares
+              then every rank: gates, bias, sigmoid, 2 sigmoid, Sinkhorn (identical, replicated results)
+    backward  all-reduce SUM   [g_h_pre | g_h_post | g_h_res]   k        partial sums of the local pre/post;
+                                                                         the rest acts on replicated values
+
+(n = 4: 1 + 25 floats forward, 24 backward: 104 and 96 bytes per token in float32.) ``mhc_pre`` and
+``mhc_post`` act on the local columns; h0 is all-gathered and y reduce-scattered as for HC (d per
+token). ``MHCHead``: MAX 1 and SUM n + 1 forward, SUM n backward; its output x (..., d) is sharded like
+one stream. Static sites: the coefficients come from ``b`` alone (no per-token collective); ``b``'s
+gradient is all-reduced once per step (k floats).
+
+FSDP2 composed with ``WidthParallel`` runs mHC correctly (local shards and gradients), but FSDP2 labels
+``phi``'s 2-D placement ``(_StridedShard(0, sf=T_tp), _StridedShard(0, sf=n))``, which
+``full_tensor()`` reassembles in the wrong row order (torch 2.13): gather phi for a checkpoint from the
+local shards (rank (dp, tp) holds rows ``(i, tp-slice)`` of every stream i, split over dp).
 """
 
 from __future__ import annotations
@@ -92,7 +118,8 @@ __all__ = [
 
 
 def scalar_parameters(module: nn.Module) -> set[nn.Parameter]:
-    """The 0-dim parameters of ``module`` (the gates ``s_alpha``, ``s_beta`` of every dynamic HC/FC site).
+    """The 0-dim parameters of ``module`` (the gates ``s_alpha``, ``s_beta`` of every dynamic HC/FC site,
+    ``MHCHead``'s ``gate``).
 
     ``fully_shard`` raises ``ValueError`` on 0-dim parameters; pass this set as its ``ignored_params``
     (in every ``fully_shard`` call that would otherwise manage them) and reduce their gradients with
@@ -663,7 +690,8 @@ _TP_CLASSES: dict[type, type] = {}
 
 
 class WidthParallel(ParallelStyle):
-    """Tensor parallelism for one ``HyperConnections`` / ``FracConnections`` module: the width sharded.
+    """Tensor parallelism for one ``HyperConnections`` / ``FracConnections`` / ``ManifoldHyperConnections`` /
+    ``MHCHead`` module: the width sharded (mHC: see the module docstring).
 
     ``parallelize_module(connection, tp_mesh, WidthParallel())`` (1-D mesh of T ranks, T dividing the
     width w: d for HC, d/m for FC) places ``W_alpha``, ``W_beta``, ``norm_weight``, ``norm_bias`` as
@@ -677,6 +705,9 @@ class WidthParallel(ParallelStyle):
     - ``depth(y, state)``: ``y`` a DTensor ``(..., d)``, ``Partial()`` (reduce-scattered into the width
       shards), ``Replicate()`` (sliced) or, for HC, ``Shard(-1)`` -> ``H_out`` sharded like ``H``.
     - ``forward(H, branch)`` is ``depth(branch(h0), state)`` as before.
+    - ``ManifoldHyperConnections``: ``width(H)`` -> ``h0`` as above and ``MHCState(H, h_post, h_res)``
+      (coefficients replicated local tensors); ``depth`` as above. ``MHCHead``: ``forward(H)`` -> ``x``
+      ``(..., d)`` a DTensor sharded on its last axis. ``phi`` is placed by :func:`mhc_phi_placement`.
 
     Collectives per site: see the module docstring of :mod:`hcref_torch.parallel`. State dicts hold the
     DTensors (``full_tensor()`` gives the contract's arrays).
