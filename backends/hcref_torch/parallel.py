@@ -161,7 +161,7 @@ class FamilyPlan:
     ``width_keys``: parameters whose dim 0 is the width ``w`` (placed ``Shard(0)``); every other key is
     replicated. ``static``: the static ``(alpha, beta)`` of the family from its parameters. ``coeffs``,
     ``width``, ``depth``: the per-rank computation on local shards (see :class:`WidthParallel`).
-    A further family (mHC) joins as one more entry.
+    mHC (a state mixed in one step, a coefficient step over the flattened n*d vector) has its own mixins.
     """
 
     width_keys: tuple[str, ...]
