@@ -35,6 +35,11 @@ class Port:
     project: str
     install: str
     adapter_needed: str
+    attr: str = "port"
+    module: str = ""
+    ci: bool = True
+    """Whether CI runs this port at a pinned version (quick, reliable install); the others are
+    documented here with their command."""
 
 
 PORTS = (
@@ -52,19 +57,32 @@ PORTS = (
         "the library computes them. Initial values are read off a fresh module. Declared: rmsnorm with epsilon "
         "0, only `use_tanh` switchable, dynamic only, no mixed precision.",
     ),
+    Port(
+        "lucidrains_hyper_connections.py", "hyper-connections",
+        "lucidrains/hyper-connections, mHC (`ManifoldConstrainedHyperConnections`)",
+        'pip install "hyper-connections==0.4.11"',
+        "The module `ManifoldConstrainedHyperConnections(n, dim=d, sinkhorn_iters=iters)` run whole through `site()` "
+        "with the contract's logits swapped in by `torch.func.functional_call`: `static_alpha = [b_pre | "
+        "mat(b_res)^T]` (its alpha is (input, output), the contract's h_res (output, input)), `static_beta = b_post`, "
+        "its projections zero. Its dynamic projection is per stream (each stream's RMS-normed d values, RMSNorm "
+        "without epsilon, times one (d, 1 + n) matrix shared by the streams) where the paper's phi sees the whole "
+        "flattened n*d token: no contract phi maps onto it, so only static sites are declared. It computes in "
+        "float32 whatever the input dtype, so float64 is not declared. Initial logits are read off a fresh module.",
+        attr="mhc_port",
+    ),
 )
-"""Every adapter the page covers (an mHC adapter joins once mHC is in the suite)."""
+"""Every adapter the page covers."""
 
 
 def run_port(port: Port, dtypes: str, profile: str, tmp: str) -> dict[str, Any] | None:
     """The port's JSON report, or ``None`` when its library is not installed."""
     import importlib.util
 
-    module = port.library.replace("-", "_")
+    module = port.module or port.library.replace("-", "_")
     if importlib.util.find_spec(module) is None:
         return None
-    report = os.path.join(tmp, port.file + ".json")
-    command = [sys.executable, "-m", "hcref_conformance", "--backend", os.path.join(HERE, port.file) + ":port",
+    report = os.path.join(tmp, f"{port.file}.{port.attr}.json")
+    command = [sys.executable, "-m", "hcref_conformance", "--backend", os.path.join(HERE, port.file) + f":{port.attr}",
                "--dtypes", dtypes, "--profile", profile, "--report-json", report, "-q", "--", "-p", "no:warnings"]
     subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False, timeout=1800)
     with open(report, encoding="utf-8") as handle:
@@ -95,7 +113,8 @@ def render(results: list[tuple[Port, dict[str, Any] | None]], dtypes: str, profi
             lines += [f"Not installed here (`{port.install}`); run the command above where it is."]
             continue
         lines += [f"- version: **{doc['name']} {doc['version']}** ({doc['framework_version']}); install: "
-                  f"`{port.install}`; adapter: `conformance/ports/{port.file}`",
+                  f"`{port.install}`; adapter: `conformance/ports/{port.file}:{port.attr}`"
+                  + ("" if port.ci else " (not run in CI: regenerate where it installs)"),
                   f"- what the adapter needed: {port.adapter_needed}",
                   "- declared: " + "; ".join(line.strip().removeprefix("declares: ") for line in doc["declared"]),
                   "", "### Named properties", "",
