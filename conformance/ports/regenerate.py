@@ -70,7 +70,38 @@ PORTS = (
         "float32 whatever the input dtype, so float64 is not declared. Initial logits are read off a fresh module.",
         attr="mhc_port",
     ),
+    Port(
+        "pypi_mhc_mlx.py", "mhc-mlx", "PyPI `mhc-mlx` (MLX; its pure-MLX reference, `mhc_mlx.reference`)",
+        'pip install --no-deps "mhc-mlx==0.6.3"',
+        "Its reference steps (`activate_pre_post`, `mixing_matrix_from_logits`, `stream_aggregate`, `stream_mix_ref`, "
+        "`stream_distribute`) composed as its `mhc_forward_reference` does, with the suite's sublayer where that "
+        "function applies its fixed `rms_norm`; logits per layer (no projection of the state), so static sites only; "
+        "`expand`/`reduce` written by the adapter (the library takes the expanded state as given); its functions "
+        "take one (n, n) matrix, so the adapter loops over leading axes; computes in float32 (no float64 declared).",
+        module="mhc_mlx", ci=False,
+    ),
+    Port(
+        "pypi_mlx_mhc.py", "mlx-mhc", "PyPI `mlx-mhc` (MLX)",
+        'pip install --no-deps "mlx-mhc==0.4.1"',
+        "Only its Sinkhorn (`mlx_mhc.sinkhorn.sinkhorn_knopp`, log space, early stop at 1e-6) as the `sinkhorn` op, "
+        "looped over leading axes (it takes one matrix): its module scales the expanded width per stream "
+        "(`H_pre * x`) instead of reading a weighted sum of the streams, and applies `H_post` to the residual too, "
+        "so no contract site maps onto it. No float64 (MLX's CPU float64 exp is ~1e-7 accurate).",
+        module="mlx_mhc", ci=False,
+    ),
+    Port(
+        "pypi_mhc.py", "mhc", "PyPI `mhc` (torch; \"stable multi-history skip connections\")",
+        'pip install --no-deps "mhc==0.5.5"',
+        "Only its Sinkhorn (`mhc.constraints.matrix.project_doubly_stochastic`) as the `sinkhorn` op: its layers mix "
+        "a history of past layer outputs, not the paper's Eq. 3 site.",
+        module="mhc", ci=False,
+    ),
 )
+NOT_INSTALLABLE = (
+    ("mhc-pytorch", "0.2.3", "requires Python >= 3.12 (hcref's environment runs 3.11); no adapter yet"),
+    ("mhc-cuda", "0.1.0", "CUDA kernels only (no CPU path); no adapter"),
+)
+"""mHC packages on PyPI without an adapter here, and why."""
 """Every adapter the page covers."""
 
 
@@ -124,10 +155,10 @@ def render(results: list[tuple[Port, dict[str, Any] | None]], dtypes: str, profi
             detail = p["detail"] if p["verdict"] != "holds" else ""
             lines.append(f"| {_cell(p['name'])} | {_cell(p['source'])} | **{p['verdict']}** | {_cell(shown)} | "
                          f"{_cell(detail)} |")
-        lines += ["", "### Whole sites, networks and Pre-Norm at init (random and fixed cases)", "",
+        lines += ["", "### Ops, whole sites, networks and Pre-Norm at init (random and fixed cases)", "",
                   "| check | dtype | status | reason classes |", "|---|---|---|---|"]
         for row in doc["rows"]:
-            if row["op"].endswith(("_site", "_network", "_prenorm")) and row["status"] != "n/a":
+            if row["status"] not in ("n/a", "-"):
                 lines.append(f"| {row['op']} | {row['dtype']} | {row['status']} | {', '.join(row['reasons'])} |")
         failures = [f for f in doc["failures"] if f["check"] != "property"]
         if failures:
@@ -139,6 +170,8 @@ def render(results: list[tuple[Port, dict[str, Any] | None]], dtypes: str, profi
                 if key not in seen:
                     seen.add(key)
                     lines.append(f"- {f['op']} {f['dtype']} [{f['reason']}] {f['label']}: `{f['case']}`")
+    lines += ["", "## mHC packages on PyPI without an adapter", ""]
+    lines += [f"- `{name}` {version}: {why}" for name, version, why in NOT_INSTALLABLE]
     return "\n".join(lines) + "\n"
 
 
@@ -147,9 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--dtypes", default="float64,float32")
     parser.add_argument("--profile", default="quick")
+    parser.add_argument("--only", default=None, help="comma-separated adapter files:attrs to run (others: not run)")
     args = parser.parse_args(argv)
+    chosen = [p for p in PORTS if args.only is None or f"{p.file}:{p.attr}" in args.only.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        results = [(port, run_port(port, args.dtypes, args.profile, tmp)) for port in PORTS]
+        results = [(port, run_port(port, args.dtypes, args.profile, tmp)) for port in chosen]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as handle:
         handle.write(render(results, args.dtypes, args.profile))
