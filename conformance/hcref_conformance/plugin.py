@@ -44,6 +44,11 @@ from typing import Any
 
 import pytest
 
+try:
+    import hypothesis  # noqa: F401  (the suite's other dependency; pytest is loading this plugin)
+except ImportError:  # pragma: no cover - exercised in a subprocess by the project's tests
+    raise ImportError('the hcref conformance suite needs hypothesis: pip install "hcref[conformance]"') from None
+
 from .loading import BackendLoadError, load_backend, spec_of
 from .options import DEFAULT_PROFILE, NO_SHRINK, OPTIONS
 from .report import CHECK_COLUMN, STAGES, Recorder, document, write_json, write_markdown
