@@ -462,7 +462,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
               "framework_version": getattr(b, "framework_version", None), "device": state.device,
               "dtypes": state.dtypes, "unsupported_dtypes": state.unsupported, "profile": state.profile,
               "max_examples": state.max_examples, "seed": state.seed, "exitstatus": int(exitstatus),
-              "declared": _support_lines(state.subject), "composite_vjp": _gradient_line(state.subject)}
+              "declared": _support_lines(state.subject), "families": list(state.subject.support.families),
+              "composite_vjp": _gradient_line(state.subject)}
     doc = document(header, state.recorder, state.totals, seconds)
     if state.report_json:
         write_json(state.report_json, doc)
