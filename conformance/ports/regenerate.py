@@ -137,7 +137,22 @@ def render(results: list[tuple[Port, dict[str, Any] | None]], dtypes: str, profi
         "and what differs. What a library does not declare is n/a, never a failure.",
         "",
         f"Regenerate with `python conformance/ports/regenerate.py` (dtypes {dtypes}, profile {profile}).",
+        "",
+        "## Summary",
+        "",
+        "| implementation | version | named properties that hold | that depart | checks that fail |",
+        "|---|---|---|---|---|",
     ]
+    for port, doc in results:
+        if doc is None:
+            lines.append(f"| {port.project} | not installed here | | | |")
+            continue
+        families = doc.get("families") or []
+        props = [p for p in doc["properties"] if p["family"] in families]
+        holds = ", ".join(p["id"] for p in props if p["verdict"] == "holds")
+        departs = ", ".join(f"**{p['id']}**" for p in props if p["verdict"] in ("departs", "error"))
+        failing = ", ".join(sorted({f"{r['op']} ({r['dtype']})" for r in doc["rows"] if r["status"] == "FAIL"}))
+        lines.append(f"| {port.project} | {doc['version']} | {holds or '-'} | {departs or '-'} | {failing or '-'} |")
     for port, doc in results:
         lines += ["", f"## {port.project}", ""]
         if doc is None:
@@ -150,7 +165,8 @@ def render(results: list[tuple[Port, dict[str, Any] | None]], dtypes: str, profi
                   "- declared: " + "; ".join(line.strip().removeprefix("declares: ") for line in doc["declared"]),
                   "", "### Named properties", "",
                   "| property | source | verdict | input that shows it | what differs |", "|---|---|---|---|---|"]
-        for p in doc["properties"]:
+        families = doc.get("families") or sorted({p["family"] for p in doc["properties"]})
+        for p in (p for p in doc["properties"] if p["family"] in families):
             shown = p["input"] if p["verdict"] not in ("holds", "n/a") else ""
             detail = p["detail"] if p["verdict"] != "holds" else ""
             lines.append(f"| {_cell(p['name'])} | {_cell(p['source'])} | **{p['verdict']}** | {_cell(shown)} | "
