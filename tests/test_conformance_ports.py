@@ -137,3 +137,8 @@ def test_public_implementations_page_is_current() -> None:
         line = next(line for line in page.splitlines() if line.startswith(f"| {name}"))
         assert "**departs**" in line
     assert "python conformance/ports/regenerate.py" in page
+    # lucidrains' mHC: Sinkhorn rows then columns, shown on the issue's input
+    line = next(line for line in page.splitlines() if line.startswith("| mHC: Sinkhorn normalises columns then rows"))
+    assert "**departs**" in line and "[[1.017882], [0.982118]]" in line
+    for library in ("PyPI `mhc-mlx`", "PyPI `mlx-mhc`", "PyPI `mhc`", "`mhc-pytorch`"):
+        assert library in page, library

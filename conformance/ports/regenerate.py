@@ -182,10 +182,11 @@ def render(results: list[tuple[Port, dict[str, Any] | None]], dtypes: str, profi
                       "report):", ""]
             seen = set()
             for f in failures:
-                key = (f["op"], f["dtype"], f["reason"], f["label"])
+                key = (f["op"], f["dtype"], f["reason"], f["label"], f["magnitude"])
                 if key not in seen:
                     seen.add(key)
-                    lines.append(f"- {f['op']} {f['dtype']} [{f['reason']}] {f['label']}: `{f['case']}`")
+                    size = f" {f['magnitude']}" if f["magnitude"] != "-" else ""
+                    lines.append(f"- {f['op']} {f['dtype']} [{f['reason']}]{size} {f['label']}: `{f['case']}`")
     lines += ["", "## mHC packages on PyPI without an adapter", ""]
     lines += [f"- `{name}` {version}: {why}" for name, version, why in NOT_INSTALLABLE]
     return "\n".join(lines) + "\n"
