@@ -234,21 +234,49 @@ def test_torch_compile_through_the_dispatch(cpu_dispatch: dict[str, int]) -> Non
     torch.testing.assert_close(g_compiled, g_eager, rtol=1e-5, atol=1e-5)
 
 
-def test_mhc_kernel_hook(cpu_dispatch: dict[str, int], monkeypatch: Any) -> None:
-    """``hcref_torch.mhc._kernel_op``: the kernels' mHC op when it exists and the dispatch takes the
-    call, else None (CPU by default, the switch off, an op the kernels do not have yet)."""
+MHC_KERNEL_OPS = ("sinkhorn", "mhc_coeffs", "mhc_pre", "mhc_post")
+
+
+def test_mhc_ops_dispatch_to_the_kernels(cpu_dispatch: dict[str, int], monkeypatch: Any) -> None:
+    """hcref_torch's mHC ops (``hcref_torch.mhc``) take the kernels' mHC ops when the dispatch
+    takes the call (spied), with the generic path's values and gradients; the switch off, or a
+    CPU tensor with the real (CUDA-only) device list, keeps the generic path."""
     from hcref_torch import mhc
 
-    H, h_pre = torch.randn(2, 4, 8), torch.rand(2, 4)
+    counts = dict.fromkeys(MHC_KERNEL_OPS, 0)
+    for name in MHC_KERNEL_OPS:
+        original = getattr(K, name)
 
-    def fake(H_: Any, h_pre_: Any) -> Any:
-        return H_.sum(-2)
+        def spy(*args: Any, _name: str = name, _original: Any = original, **kwargs: Any) -> Any:
+            counts[_name] += 1
+            return _original(*args, **kwargs)
 
-    monkeypatch.setattr(K, "mhc_pre", fake, raising=False)
-    assert mhc._kernel_op("mhc_pre", H, h_pre) is fake
-    assert mhc._kernel_op("no_such_kernel", H, h_pre) is None
+        monkeypatch.setattr(K, name, spy)
+    monkeypatch.setattr(K, "use_for", lambda H, *others, op=None: K.enabled() and K.supported(H, *others, op=op))
+    rng = np.random.default_rng(3)
+    n, d = 3, 20
+    init = hcref.init_mhc(n, d, 1)
+    params = {k: torch.tensor(v + 0.3 * rng.normal(size=v.shape)) for k, v in init.items()}
+    H = torch.tensor(rng.normal(size=(2, n, d)))
+    y = torch.tensor(rng.normal(size=(2, d)))
+
+    def site() -> tuple[torch.Tensor, ...]:
+        H_ = H.clone().requires_grad_(True)
+        ps = {k: p.clone().requires_grad_(True) for k, p in params.items()}
+        h_pre, h_post, h_res = mhc.mhc_coeffs(H_, ps, iters=5)
+        out = mhc.mhc_post(y * mhc.mhc_pre(H_, h_pre), H_, h_post, h_res) + mhc.sinkhorn(h_res, iters=2).sum()
+        weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+        return (out, *torch.autograd.grad((out * weights).sum(), [H_, *ps.values()]))
+
+    fused = site()
+    assert all(counts[name] >= 1 for name in MHC_KERNEL_OPS), counts
     K.set_enabled(False)
-    assert mhc._kernel_op("mhc_pre", H, h_pre) is None
-    K.set_enabled(True)
+    before = dict(counts)
+    generic = site()
+    assert counts == before
+    for a, b in zip(fused, generic):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    K.set_enabled(None)
     monkeypatch.setattr(ops, "_KERNEL_DEVICES", ("cuda",))
-    assert mhc._kernel_op("mhc_pre", H, h_pre) is None
+    site()
+    assert counts == before

@@ -46,7 +46,7 @@ from hcref import validation as v
 from hcref.mhc import RMS_EPS
 from hcref.sinkhorn_knopp import ITERS
 
-from .ops import _apply, _compute_dtype, _kernels, _no_autocast, _param_metas, _promote, _row_scale, meta
+from .ops import _apply, _compute_dtype, _no_autocast, _param_metas, _promote, _row_scale, meta
 
 Tensor = torch.Tensor
 
@@ -59,9 +59,15 @@ def _kernel_op(name: str, H: Any, *others: Any) -> Any:
     ``mhc_post``) when the automatic dispatch takes this call, else ``None``: H is the
     (..., n, d) state and ``others`` the call's other tensors, as ``kernels.use_for`` takes them
     (CUDA tensors only, the switch ``HCREF_TORCH_KERNELS`` / ``kernels.set_enabled``, a supported
-    shape). ``None`` as well while the kernels package has no such op; CPU tensors never import it."""
-    kernels = _kernels(H, *others)
-    return None if kernels is None else getattr(kernels, name, None)
+    shape, ``op=name``: the mHC coefficients take fewer streams than pre/post). CPU tensors never
+    import the kernels package."""
+    from . import ops
+
+    if not isinstance(H, torch.Tensor) or H.device.type not in ops._KERNEL_DEVICES:
+        return None
+    from . import kernels
+
+    return getattr(kernels, name) if kernels.use_for(H, *others, op=name) else None
 
 
 # --- Sinkhorn -------------------------------------------------------------------------------------
@@ -242,6 +248,9 @@ def sinkhorn(Z: Tensor, *, iters: int = ITERS, eps: float = 0.0) -> Tensor:
     TypeError for a non-floating Z, a non-int ``iters`` or a non-real ``eps``.
     """
     v.check_sinkhorn(meta("Z", Z), iters, eps)
+    kernel = _kernel_op("sinkhorn", Z)
+    if kernel is not None:
+        return kernel(Z, iters=iters, eps=eps)  # type: ignore[no-any-return]
     with _no_autocast(Z):
         return _project(Z.to(_compute_dtype(Z.dtype)), iters, float(eps)).to(Z.dtype)
 
@@ -286,6 +295,9 @@ def mhc_coeffs(
     least float32). Raises the reference's ValueError/TypeError for bad keys, shapes, options.
     """
     n, _, dynamic = v.check_mhc_coeffs(meta("H", H), params, _param_metas(params), iters, eps)
+    kernel = _kernel_op("mhc_coeffs", H, *params.values())
+    if kernel is not None:
+        return kernel(H, params, iters=iters, eps=eps)  # type: ignore[no-any-return]
     out, ct = _coeff_dtypes(H, params)
     lead = H.shape[:-2]
     with _no_autocast(H):
@@ -316,6 +328,9 @@ def mhc_pre(H: Tensor, h_pre: Tensor) -> Tensor:
     dtype, at least float32, rounded once).
     """
     v.check_mhc_pre(meta("H", H), meta("h_pre", h_pre))
+    kernel = _kernel_op("mhc_pre", H, h_pre)
+    if kernel is not None:
+        return kernel(H, h_pre)  # type: ignore[no-any-return]
     ct = _compute_dtype(_promote(H, h_pre))
     with _no_autocast(H):
         h0 = torch.matmul(h_pre.to(ct).unsqueeze(-2), H.to(ct)).squeeze(-2)
@@ -330,6 +345,9 @@ def mhc_post(y: Tensor, H: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
     Dtype: ``promote(y, H)`` (computed in the promoted dtype of all four, at least float32).
     """
     v.check_mhc_post(meta("y", y), meta("H", H), meta("h_post", h_post), meta("h_res", h_res))
+    kernel = _kernel_op("mhc_post", H, y, h_post, h_res)
+    if kernel is not None:
+        return kernel(y, H, h_post, h_res)  # type: ignore[no-any-return]
     ct = _compute_dtype(_promote(y, H, h_post, h_res))
     with _no_autocast(H):
         mixed = torch.matmul(h_res.to(ct), H.to(ct))

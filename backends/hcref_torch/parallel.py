@@ -550,9 +550,9 @@ def width_sharded_mhc_coeffs(
     ``b``'s gradient is all-reduced once per step (``2n + n^2`` floats). Dtypes as ``mhc_coeffs`` (D12).
     """
     n = H_local.shape[-2]
-    out = mhc._promote(H_local, *params.values())
-    ct = mhc._compute_dtype(out)
-    with mhc._no_autocast(H_local):
+    out = ops._promote(H_local, *params.values())
+    ct = ops._compute_dtype(out)
+    with ops._no_autocast(H_local):
         if "phi" not in params:
             b = _apply(_SumGradients, params["b"], group)
             return mhc.mhc_coeffs(H_local, {"b": b}, iters=iters, eps=eps)
@@ -572,9 +572,9 @@ def width_sharded_mhc_head(H_local: Tensor, params: Mapping[str, Tensor], *, d: 
     ``x = sum_i w_i H[i]``, ``w = sigmoid(gate z + b) + eps``) from the local columns ``H_local`` and the
     local parameters (``phi``'s rows as :func:`mhc_phi_placement`). Collectives as the site's coefficient
     step: MAX (1) and SUM (n+1 floats per token) forward, SUM of ``w``'s cotangent (n) backward."""
-    out = mhc._promote(H_local, *params.values())
-    ct = mhc._compute_dtype(out)
-    with mhc._no_autocast(H_local):
+    out = ops._promote(H_local, *params.values())
+    ct = ops._compute_dtype(out)
+    with ops._no_autocast(H_local):
         Hc = H_local.to(ct)
         z = _sharded_rms_project(Hc, params["phi"].to(ct), d, group)
         w = torch.sigmoid(z * params["gate"].to(ct) + params["b"].to(ct)) + eps

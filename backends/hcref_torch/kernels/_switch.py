@@ -14,6 +14,12 @@ from contextlib import contextmanager
 
 import torch
 
+_DTensor: type | None
+try:  # torch builds without distributed support have no DTensor, hence no DTensor inputs
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:
+    _DTensor = None
+
 ENV_VAR = "HCREF_TORCH_KERNELS"
 """``HCREF_TORCH_KERNELS=0`` (or ``false``/``off``/``no``) keeps the automatic dispatch on the
 generic torch path; :func:`set_enabled` overrides it at run time."""
@@ -110,7 +116,7 @@ def supported(H: object, *others: object, op: str | None = None) -> bool:
     for t in (H, *others):
         if not isinstance(t, torch.Tensor) or t.device != device or t.dtype not in DTYPES:
             return False
-        if type(t).__module__.startswith("torch.distributed"):  # DTensor: the kernels have no sharding rules
+        if _DTensor is not None and isinstance(t, _DTensor):  # the kernels have no sharding rules
             return False
     return available()
 
