@@ -103,6 +103,27 @@ def test_jit_vmap_and_grad_compose() -> None:
         np.testing.assert_allclose(np.asarray(per_token[key][2]), g_p[key], rtol=1e-10, atol=1e-12, err_msg=key)
 
 
+def test_backend_object_serves_every_op_of_the_table() -> None:
+    """``hcref_jax.backend`` carries every op of :data:`hcref.optable.ALL_OPS` (HC, FC and mHC) under
+    the reference's parameter names, and its jitted mHC ops (static ``iters`` / ``eps``) give the
+    reference's values and gradients; the package exports the mHC ops and modules."""
+    import inspect
+
+    import hcref_jax
+
+    from hcref.optable import ALL_OPS
+
+    for name in ALL_OPS:
+        assert callable(getattr(backend, name)), name
+        assert list(inspect.signature(getattr(backend, name)).parameters) == list(
+            inspect.signature(getattr(hcref, name)).parameters
+        ), name
+        assert name in hcref_jax.__all__ and getattr(hcref_jax, name) is not None, name
+    assert hcref_jax.ManifoldHyperConnections is ManifoldHyperConnections and hcref_jax.MHCHead is MHCHead
+    for case in (mc.CASES[1], mc.CASES[5], mc.CASES[8], mc.CASES[9], mc.CASES[11]):
+        mc.check_float64(backend, backend, case)
+
+
 def test_eager_sinkhorn_traces_once_per_shape() -> None:
     """The scan bodies are module-level functions: a second eager call of the same shape does not
     trace Sinkhorn's loop again (no recompilation per call)."""

@@ -56,6 +56,27 @@ def test_size_zero_leading_axes(lead: tuple[int, ...]) -> None:
     mc.check_empty(backend, ops, lead)
 
 
+def test_backend_object_serves_every_op_of_the_table() -> None:
+    """``hcref_mlx.backend`` carries every op of :data:`hcref.optable.ALL_OPS` (HC, FC and mHC) under
+    the reference's parameter names, and its mHC ops give the reference's values and gradients; the
+    package exports the mHC ops and modules."""
+    import inspect
+
+    import hcref_mlx
+
+    from hcref.optable import ALL_OPS
+
+    for name in ALL_OPS:
+        assert callable(getattr(backend, name)), name
+        assert list(inspect.signature(getattr(backend, name)).parameters) == list(
+            inspect.signature(getattr(hcref, name)).parameters
+        ), name
+        assert name in hcref_mlx.__all__ and getattr(hcref_mlx, name) is not None, name
+    assert hcref_mlx.ManifoldHyperConnections is ManifoldHyperConnections and hcref_mlx.MHCHead is MHCHead
+    for case in (mc.CASES[1], mc.CASES[5], mc.CASES[8], mc.CASES[9], mc.CASES[11]):
+        mc.check_float64(backend, backend, case)
+
+
 def test_float64_exp_is_accurate_where_mlx_exp_is_not() -> None:
     """Why float64 mHC is supported on MLX: MLX's own float64 exp errs by about 1e-6 relative (far
     outside the float64 tolerance of 2e-14), the exp used here by at most a few ulp over the whole
