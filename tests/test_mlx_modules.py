@@ -297,6 +297,7 @@ def test_modules_are_built_on_the_framework_free_plan() -> None:
                                          r".*FracSplit\(4\)"):
         fc(mx.ones((2, 10, 32)), mx.tanh)
     h0, state = hc.width(mx.ones((2, 4, 32)))
+    assert h0.shape == (2, 32)
     assert isinstance(state, connections.SiteState)
     with pytest.raises(ValueError, match=r"^HyperConnections\(n=4, d=32, layer_index=0\)\.depth: expected the "
                                          r"branch output y of shape \(2, 32\)"):
