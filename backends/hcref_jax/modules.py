@@ -41,6 +41,10 @@ class _Connection(PlannedSite):
     ops = ops
     family = ""
 
+    def _options(self) -> dict[str, Any]:
+        """The coefficient op's keyword options (``norm``, ``use_tanh``, ``use_norm``, ``use_scale``)."""
+        return self.plan.kwargs
+
 
 class HyperConnections(_Connection):
     """One HC residual site (see :func:`hcref.hc_coeffs`, :func:`hcref.hc_width`, :func:`hcref.hc_depth`).
