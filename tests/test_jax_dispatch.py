@@ -1,5 +1,5 @@
 """hcref_jax's contract ops, backend object and NNX modules dispatch to the Pallas kernels of
-hcref_jax.pallas (issue 15): the XLA path by default off a TPU; the kernels under ``"auto"`` on a
+hcref_jax.pallas (issue 15), and the mHC ops are ready to (a stand-in kernel shows the hook): the XLA path by default off a TPU; the kernels under ``"auto"`` on a
 TPU (the platform check patched: the decision is only traced here, never compiled for Mosaic) and
 under the forced ``"pallas"`` mode, where off a TPU they run in TPU interpret mode on tiny shapes and
 equal the XLA path, forward and backward, under jit, grad and vmap; unsupported inputs (float64,
@@ -19,10 +19,13 @@ jax.config.update("jax_enable_x64", True)
 
 import hcref_jax
 import jax.numpy as jnp
-from hcref_jax import ops
+from hcref_jax import mhc, ops
 from hcref_jax import pallas as hp
 from hcref_jax.pallas import mode as pallas_mode
 from op_cases import params as make_params
+
+import hcref
+from hcref.checks import random_inputs
 
 F32 = jnp.float32
 
@@ -149,3 +152,51 @@ def test_backend_object_and_modules_dispatch() -> None:
     np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=2e-5)
     for a, b in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1]), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=5e-5, atol=5e-5)
+
+
+MHC_CALLS = {
+    "sinkhorn": (("Z",), {"iters": 3, "eps": 0.0}),
+    "mhc_coeffs": (("H", "params"), {"iters": 3, "eps": 1e-6}),
+    "mhc_pre": (("H", "h_pre"), {}),
+    "mhc_post": (("y", "H", "h_post", "h_res"), {}),
+    "mhc_head": (("H", "head"), {"eps": 0.0}),
+}
+
+
+@pytest.mark.parametrize("name", list(MHC_CALLS))
+def test_mhc_ops_take_a_kernel_once_the_kernel_package_lists_it(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hook for Pallas mHC kernels: an mHC op of hcref_jax (and so the mHC modules) calls
+    ``hcref_jax.pallas.Forced.<name>`` exactly when the kernel package lists the name in ``OPS``,
+    its ``supported`` takes the inputs and the mode asks for kernels; the stand-in kernel here falls
+    back to the op itself, which then takes the XLA path (no loop), so the values are unchanged."""
+    rng = np.random.default_rng(5)
+    H, params = (jnp.asarray(a) if not isinstance(a, dict) else {k: jnp.asarray(v) for k, v in a.items()}
+                 for a in random_inputs("mhc_coeffs", rng, (4,), 3, 5))
+    head = {k: jnp.asarray(v) for k, v in hcref.init_mhc_head(3, 5).items()}
+    values = {"Z": jnp.asarray(rng.normal(size=(4, 3, 3))), "H": H, "params": params, "head": head,
+              "h_pre": jnp.asarray(rng.random((4, 3))), "h_post": jnp.asarray(rng.random((4, 3))),
+              "h_res": jnp.asarray(rng.random((4, 3, 3))), "y": jnp.asarray(rng.normal(size=(4, 5)))}
+    inputs, options = MHC_CALLS[name]
+    args = [values[a] for a in inputs]
+    op = getattr(mhc, name)
+    want = op(*args, **options)
+    calls: list[tuple[Any, ...]] = []
+
+    def kernel(*a: Any, **kw: Any) -> Any:
+        calls.append(a)
+        assert kw == options
+        return op(*a, **kw)  # a kernel's own fallback: must take the XLA path, not come back here
+
+    monkeypatch.setattr(hp, "OPS", (*hp.OPS, name) if name not in hp.OPS else hp.OPS)
+    monkeypatch.setattr(hp.Forced, name, staticmethod(kernel), raising=False)
+    monkeypatch.setattr(hp, "supported", lambda op_name, *a: op_name == name and len(a) == len(inputs))
+    op(*args, **options)
+    assert calls == []  # mode "auto" off a TPU: the XLA path
+    with hp.use_mode("pallas"):
+        got = op(*args, **options)
+        assert len(calls) == 1 and all(a is b for a, b in zip(calls[0], args, strict=True))
+        with hp.use_mode("xla"):
+            op(*args, **options)
+        assert len(calls) == 1
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

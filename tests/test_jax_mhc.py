@@ -23,6 +23,7 @@ from hcref_jax import mhc as eager_ops
 from hcref_jax.mhc_modules import ManifoldHyperConnections, MHCHead
 
 import hcref
+from hcref.checks import random_inputs
 from hcref.connections import SiteNumbering
 from hcref.optable import MHC_OPS
 from hcref.tolerances import tolerance
@@ -265,7 +266,7 @@ def _scale_inputs(name: str, state: str, rng: np.random.Generator) -> list[Any]:
     """Inputs of ``name`` with the state (H, y) in ``state`` with entries in [-1, 1), everything else
     float32 (D12 mixed precision for a half state); ``phi`` times 4, so that ``vec(H) phi`` of the
     unnormalised state exceeds float32 at 2^127."""
-    inputs = hcref.checks.random_inputs(name, rng, (5,), 3, 4)
+    inputs = random_inputs(name, rng, (5,), 3, 4)
     out: list[Any] = []
     for arg, x in zip(MHC_OPS[name].inputs, inputs):
         if arg in ("H", "y"):

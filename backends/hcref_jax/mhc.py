@@ -27,6 +27,11 @@ between the two forms, and finite, forward and VJP, for any finite H whose exact
 finite (inputs of 1e-30 to 3e38 in float32). The VJP is the hand-written one of the rmsnorm
 projection (``hcref_jax.ops._rms_proj``).
 
+Pallas kernels (issue 15). Each op asks :func:`hcref_jax.ops.pallas_op` after validating its inputs:
+an op that :mod:`hcref_jax.pallas` lists in ``OPS`` and provides in ``Forced`` runs on its kernel on
+a TPU (or with ``set_mode("pallas")``) for the inputs ``hcref_jax.pallas.supported`` takes, the XLA
+path below otherwise (and always, while the kernel package has no mHC kernels), exactly as for HC/FC.
+
 Sinkhorn (decision D7): the log-domain iteration with potentials of :mod:`hcref.sinkhorn_knopp`
 for ``eps = 0`` (finite wherever the math is), DeepSeek-V4's recipe for ``eps > 0``; both are
 ``jax.custom_vjp`` functions with the reference's unrolled backward (math.md 5.6), the
@@ -51,7 +56,7 @@ from hcref import validation as v
 from hcref.mhc import RMS_EPS
 from hcref.sinkhorn_knopp import ITERS
 
-from .ops import _rms_proj, compute_dtype, meta, promote
+from .ops import _rms_proj, compute_dtype, meta, pallas_op, promote
 
 Array = jax.Array
 
@@ -190,6 +195,9 @@ def sinkhorn(Z: Array, *, iters: int = ITERS, eps: float = 0.0) -> Array:
     TypeError for a non-floating Z, a non-int ``iters`` or a non-real ``eps``.
     """
     v.check_sinkhorn(meta("Z", Z), iters, eps)
+    kernel = pallas_op("sinkhorn", Z)
+    if kernel is not None:
+        return kernel(Z, iters=iters, eps=eps)  # type: ignore[no-any-return]
     Z = jnp.asarray(Z)
     return _project(Z.astype(compute_dtype(Z.dtype)), iters, float(eps)).astype(Z.dtype)
 
@@ -225,6 +233,9 @@ def mhc_coeffs(
     least float32). Raises the reference's ValueError/TypeError for bad keys, shapes, options.
     """
     n, _, dynamic = v.check_mhc_coeffs(meta("H", H), params, _param_metas(params), iters, eps)
+    kernel = pallas_op("mhc_coeffs", H, params)
+    if kernel is not None:
+        return kernel(H, params, iters=iters, eps=eps)  # type: ignore[no-any-return]
     H, p = jnp.asarray(H), _arrays(params)
     out = promote(H, *p.values())
     ct = compute_dtype(out)
@@ -257,6 +268,9 @@ def mhc_pre(H: Array, h_pre: Array) -> Array:
     dtype, at least float32, rounded once).
     """
     v.check_mhc_pre(meta("H", H), meta("h_pre", h_pre))
+    kernel = pallas_op("mhc_pre", H, h_pre)
+    if kernel is not None:
+        return kernel(H, h_pre)  # type: ignore[no-any-return]
     H, h_pre = jnp.asarray(H), jnp.asarray(h_pre)
     ct = compute_dtype(promote(H, h_pre))
     h0 = jnp.einsum("...i,...ic->...c", h_pre.astype(ct), H.astype(ct), precision=_HIGHEST)
@@ -271,6 +285,9 @@ def mhc_post(y: Array, H: Array, h_post: Array, h_res: Array) -> Array:
     Dtype: ``promote(y, H)`` (computed in the promoted dtype of all four, at least float32).
     """
     v.check_mhc_post(meta("y", y), meta("H", H), meta("h_post", h_post), meta("h_res", h_res))
+    kernel = pallas_op("mhc_post", y, H, h_post, h_res)
+    if kernel is not None:
+        return kernel(y, H, h_post, h_res)  # type: ignore[no-any-return]
     y, H, h_post, h_res = (jnp.asarray(a) for a in (y, H, h_post, h_res))
     ct = compute_dtype(promote(y, H, h_post, h_res))
     mixed = jnp.einsum("...ij,...jc->...ic", h_res.astype(ct), H.astype(ct), precision=_HIGHEST)
@@ -288,6 +305,9 @@ def mhc_head(H: Array, params: Mapping[str, Array], *, eps: float = 0.0) -> Arra
     Shapes: H (..., n, d); phi (n*d, n), b (n), gate () -> x (..., d). Dtype: H's.
     """
     v.check_mhc_head(meta("H", H), params, _param_metas(params), eps)
+    kernel = pallas_op("mhc_head", H, params)
+    if kernel is not None:
+        return kernel(H, params, eps=eps)  # type: ignore[no-any-return]
     H, p = jnp.asarray(H), _arrays(params)
     ct = compute_dtype(promote(H, *p.values()))
     Hc = H.astype(ct)
