@@ -1,10 +1,11 @@
 """hcref_jax's contract ops, backend object and NNX modules dispatch to the Pallas kernels of
-hcref_jax.pallas (issue 15), and the mHC ops are ready to (a stand-in kernel shows the hook): the XLA path by default off a TPU; the kernels under ``"auto"`` on a
+hcref_jax.pallas (issue 15): the XLA path by default off a TPU; the kernels under ``"auto"`` on a
 TPU (the platform check patched: the decision is only traced here, never compiled for Mosaic) and
 under the forced ``"pallas"`` mode, where off a TPU they run in TPU interpret mode on tiny shapes and
 equal the XLA path, forward and backward, under jit, grad and vmap; unsupported inputs (float64,
 an empty token axis, a static site's coefficients) and ``"xla"`` keep the XLA path; errors are the
-reference's on both paths."""
+reference's on both paths. The mHC ops take a kernel once the kernel package lists it (shown with
+a stand-in kernel)."""
 
 from __future__ import annotations
 
