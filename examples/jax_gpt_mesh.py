@@ -36,7 +36,8 @@ from hcref_jax.sharding import MeshPlan
 from jax.sharding import NamedSharding, PartitionSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from jax_gpt import DATA, GPT, MLP, Attention
+from _gpt_common import DATA
+from jax_gpt import GPT, MLP, Attention
 
 P = PartitionSpec
 

@@ -32,7 +32,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from torch_gpt import DATA, GPT
+from _gpt_common import DATA
+from torch_gpt import GPT
 
 
 def shard(model: GPT, mesh: Any) -> None:
