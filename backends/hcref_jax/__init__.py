@@ -4,6 +4,11 @@ Functional ops with the reference's names, shapes and errors, as pure functions 
 that jit, vmap and differentiate (HC/FC: :mod:`hcref_jax.ops`; mHC: :mod:`hcref_jax.mhc`); Flax
 NNX modules (:mod:`hcref_jax.modules`, :mod:`hcref_jax.mhc_modules`); and the conformance backend
 object ``backend`` (every op of :data:`hcref.optable.ALL_OPS`, jitted; ``jax.vjp``).
+
+On a TPU the HC/FC ops, and so the backend object and the modules, run on the Pallas kernels of
+:mod:`hcref_jax.pallas` for every input those take, and on XLA elsewhere;
+``hcref_jax.pallas.set_mode("pallas" | "xla" | "auto")`` (or ``HCREF_JAX_PALLAS``) forces either
+(:mod:`hcref_jax.ops`, "Pallas kernels"). The mHC ops do the same for the kernels the package lists.
 """
 
 try:  # a clear message when the extra was not installed (the frameworks come with `hcref[jax]`)

@@ -17,6 +17,7 @@ the module's :class:`hcref.connections.Plan` (``hc_plan`` / ``fc_plan``), as for
 (same precision policy, D12: float32 coefficient math and mixing for bfloat16/float16 inputs; a
 float32 module on a bfloat16 stream gives float32 coefficients and keeps the stream bfloat16) and
 work under ``nnx.jit`` / ``nnx.grad`` and, split into a pure function, ``jax.jit`` / ``jax.grad``.
+On a TPU those ops run on the Pallas kernels (see :mod:`hcref_jax.ops`, "Pallas kernels").
 """
 
 from __future__ import annotations
