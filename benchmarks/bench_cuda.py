@@ -37,6 +37,17 @@ h0 and H_res ((2 K w + d) b); depth reads H_res and y, writes H_out ((2 K w + d)
 depth the same from H; width backward reads H, G_h0, G_H_res and writes G_H ((3 K w + d) b);
 depth backward reads G and y and writes G_y ((K w + 2 d) b). Parameters and weights are read
 once per program (L2) and not counted.
+
+mHC (mHC paper, arXiv 2512.24880; tables 1, 2 and 4 have mHC rows, site = ``mhc_coeffs``,
+``mhc_pre``, identity branch, ``mhc_post``; parameters float32 with phi ~ N(0, 1/(n d))). I/O model
+per token, L = n d state elements, C = 2n + n^2 coefficients, CP = 2 NP^2 packed columns
+(NP = max(4, n) rounded up to a power of two), K = Sinkhorn iterations: coefficient forward reads
+H and writes the coefficients, z and two statistics (L b + 4 (C + CP + 2)); coefficient backward
+(epilogue kernel, then projection kernel) reads H and writes G_H (2 L b), plus the cotangents,
+z, the packed gradients and the Sinkhorn scratch of 2 K NP numbers written and read back
+(4 (C + 5 CP + 3) + 16 K NP); pre forward reads H, writes h0 ((L + d) b); pre backward reads H
+and G_h0, writes G_H ((2 L + d) b); post forward reads H and y, writes H_out ((2 L + d) b); post
+backward reads G, H and y, writes G_H and G_y ((3 L + 2 d) b).
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ if _ON_CPU:  # before triton is imported: the interpreter runs the kernels on CP
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import hcref_torch.kernels as K  # noqa: E402
+from hcref_torch import mhc as generic_mhc  # noqa: E402
 from hcref_torch import ops as generic  # noqa: E402
 
 import hcref  # noqa: E402
@@ -250,7 +262,10 @@ def site_candidates(family: str, k: int, w: int, tokens: int, dtype: torch.dtype
 
 def site_table(family: str, k: int, w: int, tokens: int, dtype: torch.dtype, device: torch.device, timer: Timer,
                reps: int, warmup: int, compile_backend: str | None) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    cands, _ = site_candidates(family, k, w, tokens, dtype, device, compile_backend)
+    if family == "mhc":
+        cands = mhc_site_candidates(k, w, tokens, dtype, device, compile_backend)
+    else:
+        cands, _ = site_candidates(family, k, w, tokens, dtype, device, compile_backend)
     rows: list[dict[str, Any]] = []
     medians: dict[tuple[str, str], float] = {}
     for mode in ("fwd", "fwd+bwd"):
@@ -305,6 +320,126 @@ def agreement(family: str, k: int, w: int, tokens: int, dtype: torch.dtype, devi
     return errs
 
 
+# --- mHC: per kernel, per site, agreement ---------------------------------------------------
+
+
+def _mhc_params(n: int, d: int, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
+    """Dynamic mHC parameters (float32) from hcref.init_mhc with a random phi ~ N(0, 1/(n d))."""
+    g = torch.Generator().manual_seed(seed)
+    out = {key: torch.tensor(value, dtype=torch.float32) for key, value in hcref.init_mhc(n, d, 1).items()}
+    out["phi"] = torch.randn(out["phi"].shape, generator=g) / (n * d) ** 0.5
+    return {key: value.to(device) for key, value in out.items()}
+
+
+def mhc_kernel_table(n: int, d: int, tokens: int, dtype: torch.dtype, device: torch.device, timer: Timer,
+                     reps: int, warmup: int, copy_bw: float, iters: int = 20) -> list[dict[str, Any]]:
+    from hcref_torch.kernels import _mhc_launch as M
+
+    b = torch.finfo(dtype).bits // 8
+    g = torch.Generator(device=device).manual_seed(6)
+    H = torch.randn(tokens, n, d, device=device, dtype=dtype, generator=g)
+    y = torch.randn(tokens, d, device=device, dtype=dtype, generator=g)
+    G = torch.randn(tokens, n, d, device=device, dtype=dtype, generator=g)
+    Gh0 = torch.randn(tokens, d, device=device, dtype=dtype, generator=g)
+    p = _mhc_params(n, d, device, 7)
+    C = 2 * n + n * n
+    NP, CP = M.layout(n)
+    e = p["b"].new_empty(0)
+    fwd = {"n": n, "src": 1, "iters": iters, "eps": 0.0}
+    h_pre, h_post, h_res, z, stats = M.coeffs_forward(H, p["phi"], p["b"], p["gates"], e, out_dtype=torch.float32,
+                                                      **fwd)
+    g_pre, g_post, g_res = torch.randn_like(h_pre), torch.randn_like(h_post), torch.randn_like(h_res)
+    L = n * d
+    jobs: dict[str, tuple[str, int, Callable[[], object]]] = {
+        "mhc coeffs fwd": ("coefficients", L * b + 4 * (C + CP + 2),
+                           lambda: M.coeffs_forward(H, p["phi"], p["b"], p["gates"], e, out_dtype=torch.float32,
+                                                    **fwd)),
+        "mhc coeffs bwd": ("coefficients", 2 * L * b + 4 * (C + 5 * CP + 3) + 16 * iters * NP,
+                           lambda: M.coeffs_backward(H, z, stats, g_pre, g_post, g_res, p["phi"], p["b"],
+                                                     p["gates"], **fwd)),
+        "mhc pre fwd": ("apply", (L + d) * b, lambda: M.pre_forward(H, h_pre, torch.float32)),
+        "mhc pre bwd": ("apply", (2 * L + d) * b, lambda: M.pre_backward(Gh0, H, h_pre, torch.float32)),
+        "mhc post fwd": ("apply", (2 * L + d) * b,
+                         lambda: M.post_forward(y, H, h_post, h_res, torch.float32, dtype)),
+        "mhc post bwd": ("apply", (3 * L + 2 * d) * b,
+                                    lambda: M.post_backward(G, y, H, h_post, h_res, torch.float32)),
+    }
+    times = timer.interleaved({name: job for name, (_, _, job) in jobs.items()}, reps, warmup)
+    rows = []
+    for name, (kind, per_token, _) in jobs.items():
+        bw = per_token * tokens / times[name]
+        rows.append({"family": "mhc", "kernel": name, "kind": kind, "bytes/token": per_token,
+                     "ms": 1e3 * times[name], "GB/s": bw / 1e9, "of copy": bw / copy_bw, "goal": GOALS[kind]})
+    return rows
+
+
+def _mhc_site(ops: Any) -> Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]:
+    def site(H: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        h_pre, h_post, h_res = ops.mhc_coeffs(H, params)
+        return ops.mhc_post(ops.mhc_pre(H, h_pre), H, h_post, h_res)  # identity branch
+
+    return site
+
+
+def mhc_site_candidates(n: int, d: int, tokens: int, dtype: torch.dtype, device: torch.device,
+                        compile_backend: str | None) -> dict[str, Run]:
+    """name -> run(grad) for one mHC site (identity branch): the kernels (hcref_torch.kernels'
+    functional ops), the eager generic path (hcref_torch.mhc with the kernels switched off),
+    torch.compile of it, and the plain residual."""
+    g = torch.Generator(device=device).manual_seed(8)
+    H0 = torch.randn(tokens, n, d, device=device, dtype=dtype, generator=g)
+    p0 = _mhc_params(n, d, device, 9)
+    x0 = torch.randn(tokens, d, device=device, dtype=dtype, generator=g)
+    y0 = torch.randn(tokens, d, device=device, dtype=dtype, generator=g)
+    eager = _mhc_site(generic_mhc)
+    kernels = _mhc_site(K)
+
+    def leaves(grad: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return H0.detach().requires_grad_(grad), {key: v.detach().requires_grad_(grad) for key, v in p0.items()}
+
+    def on(fn: Callable[..., torch.Tensor], kernels_on: bool) -> Run:
+        def go(grad: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            H, params = leaves(grad)
+            K.set_enabled(kernels_on)
+            try:
+                out = fn(H, params)
+            finally:
+                K.set_enabled(None)
+            return out, [H, *params.values()]
+
+        return go
+
+    def residual(grad: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x, y = x0.detach().requires_grad_(grad), y0.detach().requires_grad_(grad)
+        return x + y, [x, y]
+
+    cands: dict[str, Run] = {"plain residual": residual, "fused kernels": on(kernels, True),
+                             "eager generic": on(eager, False)}
+    if compile_backend is not None:
+        cands["compiled generic"] = on(torch.compile(eager, backend=compile_backend), False)
+    return cands
+
+
+def mhc_agreement(n: int, d: int, tokens: int, dtype: torch.dtype, device: torch.device) -> dict[str, float]:
+    """max |kernels - eager| / max |eager| for the mHC site's output and every gradient."""
+    cands = mhc_site_candidates(n, d, tokens, dtype, device, None)
+    results = {}
+    G = None
+    for name in ("fused kernels", "eager generic"):
+        out, leaves = cands[name](True)
+        if G is None:
+            gen = torch.Generator(device=device).manual_seed(5)
+            G = torch.randn(out.shape, device=device, dtype=dtype, generator=gen)
+        out.backward(G)
+        results[name] = [out.detach(), *[leaf.grad for leaf in leaves]]
+    names = ["output", "H", *[f"g {key}" for key in _mhc_params(n, d, device, 0)]]
+    errs = {}
+    for label, a, b in zip(names, results["fused kernels"], results["eager generic"]):
+        scale = b.double().abs().max().item() or 1.0
+        errs[label] = (a.double() - b.double()).abs().max().item() / scale
+    return errs
+
+
 # --- 4. errors against the reference -------------------------------------------------------------
 
 
@@ -316,7 +451,8 @@ def reference_errors(device: torch.device, tokens: int, n: int, d: int, m: int,
     Dynamic layernorm coefficients with tanh and scales; random alpha/beta for width/depth."""
     import numpy as np
 
-    from hcref.optable import OPS
+    from hcref.checks import random_inputs
+    from hcref.optable import ALL_OPS
 
     backend = K.backend
     rng = np.random.default_rng(0)
@@ -331,10 +467,12 @@ def reference_errors(device: torch.device, tokens: int, n: int, d: int, m: int,
         cases[f"{family}_coeffs"] = (H, params)
         cases[f"{family}_width"] = (H, rng.normal(size=(tokens, k, c)))
         cases[f"{family}_depth"] = (rng.normal(size=(tokens, dd)), H, rng.normal(size=(tokens, k)))
+    for name in ("sinkhorn", "mhc_coeffs", "mhc_pre", "mhc_post"):  # mHC: iters 20, eps 0
+        cases[name] = random_inputs(name, rng, (tokens,), n, d)
     out: dict[tuple[str, str], tuple[float, float]] = {}
     for dtype in dtypes:
         for name, inputs in cases.items():
-            spec = OPS[name]
+            spec = ALL_OPS[name]
             native = [{k: backend.asarray(v, dtype, device.type) for k, v in x.items()} if isinstance(x, dict)
                       else backend.asarray(x, dtype, device.type) for x in inputs]
             ref_in = [{k: backend.to_numpy(v).astype(np.float64) for k, v in x.items()} if isinstance(x, dict)
@@ -423,6 +561,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     kernel_rows: list[dict[str, Any]] = []
     for family, (k, w) in shapes.items():
         kernel_rows += kernel_table(family, k, w, args.tokens, dtype, device, timer, args.reps, args.warmup, copy_bw)
+    kernel_rows += mhc_kernel_table(args.n, args.d, args.tokens, dtype, device, timer, args.reps, args.warmup, copy_bw)
     print(f"{'fam':4} {'kernel':34} {'bytes/token':>11} {'ms':>9} {'GB/s':>8} {'of copy':>8} {'goal':>6}")
     for r in kernel_rows:
         flag = "-" if not cuda else "ok" if r["of copy"] >= r["goal"] else "BELOW"
@@ -431,7 +570,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     site_rows: list[dict[str, Any]] = []
     site_medians: dict[str, dict[str, float]] = {}
-    for family, (k, w) in shapes.items():
+    for family, (k, w) in {**shapes, "mhc": (args.n, args.d)}.items():
         rows, med = site_table(family, k, w, args.tokens, dtype, device, timer, args.reps, args.warmup, compile_backend)
         site_rows += rows
         site_medians[family] = med
@@ -446,6 +585,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "fwd+bwd lucidrains" in hc:
         speedup = hc["fwd+bwd lucidrains"] / hc["fwd+bwd fused kernels"]
         print(f"goal: fused >= 5x faster than lucidrains fwd+bwd: {speedup:.2f}x ({verdict(speedup >= 5)})")
+    mhc = site_medians["mhc"]
+    for mode in ("fwd", "fwd+bwd"):
+        print(f"mHC site {mode}: {mhc[f'{mode} fused kernels'] / mhc[f'{mode} plain residual']:.2f}x the plain "
+              f"residual, eager generic {mhc[f'{mode} eager generic'] / mhc[f'{mode} fused kernels']:.2f}x the kernels"
+              + (f", compiled generic {mhc[f'{mode} compiled generic'] / mhc[f'{mode} fused kernels']:.2f}x"
+                 if f"{mode} compiled generic" in mhc else ""))
 
     check_tokens = min(args.tokens, 4096)
     print(f"\nfused site vs eager generic path at N = {check_tokens}, max |fused - eager| / max |eager|:")
@@ -455,6 +600,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             errs = agreement(family, k, w, check_tokens, DTYPES[check_dtype], device)
             agree[f"{family} {check_dtype}"] = errs
             print(f"  {family} {check_dtype:8}: " + ", ".join(f"{key} {v:.1e}" for key, v in errs.items()))
+        errs = mhc_agreement(args.n, args.d, check_tokens, DTYPES[check_dtype], device)
+        agree[f"mhc {check_dtype}"] = errs
+        print(f"  mhc {check_dtype:8}: " + ", ".join(f"{key} {v:.1e}" for key, v in errs.items()))
     errors = print_errors(device, 8 if args.quick else 64, args.n, 64 if args.quick else 256, args.m)
     return {"copy_bw": copy_bw, "kernels": kernel_rows, "sites": site_rows, "agreement": agree, "errors": errors}
 

@@ -21,7 +21,8 @@ residual baseline is one (tokens, 4d) x (4d, d) matmul cheaper than any real use
 Every call ends with ``block_until_ready``.
 
 Pallas (``--pallas``, :mod:`hcref_jax.pallas`). On a TPU: every kernel of HC and FC (coefficients,
-width, depth, the fused site's width and depth), forward and forward+backward, timed on its own
+width, depth, the fused site's width and depth) and of mHC (``mhc_coeffs`` with 20 Sinkhorn
+iterations, ``mhc_pre``, ``mhc_post``), forward and forward+backward, timed on its own
 (jitted, interleaved, medians) at ``--tokens`` (default 32768), ``--d`` (default 4096), n = m = 4,
 ``--dtype`` (default bfloat16 state, float32 parameters and coefficients); its achieved bytes/s
 from an explicit I/O model (:func:`io_bytes`: every array a kernel reads or writes, once) over the
@@ -162,7 +163,11 @@ def io_bytes(kernel: str, family: str, tokens: int, k: int, w: int, state: int, 
     """Bytes a kernel moves (each array it reads or writes counted once; the partial sums of the
     parameter gradients, under 0.1%, left out). ``state``/``coeff``: itemsizes of H and y / of the
     coefficients. Per token: H is k rows of w, y and h0 are d = (1 if HC else k) rows of w, alpha
-    k*c, beta k; the backward saves a = the c+1 pre-activations and 3 row statistics per row."""
+    k*c, beta k; the backward saves a = the c+1 pre-activations and 3 row statistics per row.
+    mHC (``family="mhc"``, k = n, w = d): the coefficients are 2n+n^2 numbers per token; the
+    backward saves z (2n+n^2) and 2 statistics in float32; pre/post as HC's width/fused depth."""
+    if family == "mhc":
+        return tokens * _mhc_io(kernel, k, w, state, coeff)
     c, split, ry = (k + 1, 1, 1) if family == "hc" else (2 * k, k, k)
     H, h0, y = k * w * state, split * w * state, ry * w * state
     alpha, beta, ab = k * c * coeff, k * coeff, k * (c + 1) * coeff
@@ -180,6 +185,80 @@ def io_bytes(kernel: str, family: str, tokens: int, k: int, w: int, state: int, 
         "site depth fwd+bwd": (y + H + alpha + beta + H) + (beta + y + H + H + alpha + y + beta + H + alpha),
     }[kernel]
     return tokens * per_token
+
+
+def _mhc_io(kernel: str, n: int, d: int, state: int, coeff: int) -> int:
+    H, y, K = n * d * state, d * state, 2 * n + n * n
+    saved = K * 4 + 2 * 4
+    return {
+        "coeffs fwd": H + K * coeff,
+        "coeffs fwd+bwd": (H + K * coeff + saved) + (H + saved + K * 4 + H),
+        "pre fwd": H + n * coeff + y,
+        "pre fwd+bwd": (H + n * coeff + y) + (n * coeff + H + y + H + n * 4),
+        "post fwd": y + H + n * coeff + n * n * coeff + H,
+        "post fwd+bwd": (y + H + n * coeff + n * n * coeff + H) + (n * coeff + y + H + H + n * n * coeff + y + n * 4
+                                                                  + H + n * n * 4),
+    }[kernel]
+
+
+def _mhc_params(n: int, d: int, rng: np.random.Generator) -> dict[str, jax.Array]:
+    K = 2 * n + n * n
+    return {"phi": jnp.asarray(rng.normal(size=(n * d, K)) / np.sqrt(n * d), jnp.float32),
+            "b": jnp.asarray(rng.normal(size=K), jnp.float32), "gates": jnp.asarray(rng.normal(size=3), jnp.float32)}
+
+
+def _mhc_cases(tokens: int, n: int, d: int, dtype: Any, seed: int) -> dict[str, Any]:
+    """name -> (jitted function, args) for the three mHC kernels, fwd and fwd+bwd (iters 20, eps 0)."""
+    from hcref_jax.pallas import Forced
+
+    rng = np.random.default_rng(seed)
+    params = _mhc_params(n, d, rng)
+    H = jnp.asarray(rng.normal(size=(tokens, n, d)), dtype)
+    y = jnp.asarray(rng.normal(size=(tokens, d)), dtype)
+    h_pre, h_post, h_res = Forced.mhc_coeffs(H, params)
+    fwd = {
+        "coeffs": (lambda H, p: Forced.mhc_coeffs(H, p), (H, params)),
+        "pre": (Forced.mhc_pre, (H, h_pre)),
+        "post": (Forced.mhc_post, (y, H, h_post, h_res)),
+    }
+
+    def with_backward(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
+            out, pull = jax.vjp(fn, *args)
+            return out, pull(jax.tree.map(jnp.ones_like, out))
+
+        return run
+
+    cases = {}
+    for name, (fn, args) in fwd.items():
+        cases[f"{name} fwd"] = (jax.jit(fn), args)
+        cases[f"{name} fwd+bwd"] = (jax.jit(with_backward(fn)), args)
+    return cases
+
+
+def _smoke_mhc(n: int, d: int, seed: int) -> float:
+    """One mHC site (``mhc_coeffs`` with 20 Sinkhorn iterations, ``mhc_pre``, a tanh branch,
+    ``mhc_post``; eps 0, the paper's Sinkhorn), value and gradients by the kernels in interpret mode
+    and by the XLA path (hcref_jax.mhc): the largest relative difference. (DeepSeek-V4's eps > 0
+    is tested in tests/test_jax_pallas_mhc.py.)"""
+    from hcref_jax import mhc as xla_mhc
+    from hcref_jax import pallas
+
+    rng = np.random.default_rng(seed)
+    params = _mhc_params(n, d, rng)
+    H = jnp.asarray(rng.normal(size=(16, n, d)), jnp.float32)
+
+    def value_and_grad(ops: Any, eps: float) -> Any:
+        def loss(H: jax.Array, p: Any) -> jax.Array:
+            h_pre, h_post, h_res = ops.mhc_coeffs(H, p, eps=eps)
+            return jnp.sum(jnp.sin(ops.mhc_post(jnp.tanh(ops.mhc_pre(H, h_pre)), H, h_post, h_res)))
+
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(H, params)
+
+    with pallas.use_mode("pallas"):
+        got = jax.tree.leaves(value_and_grad(pallas, 0.0))
+    want = jax.tree.leaves(value_and_grad(xla_mhc, 0.0))
+    return max(float(jnp.abs(g - x).max() / jnp.maximum(jnp.abs(x).max(), 1.0)) for g, x in zip(got, want))
 
 
 def _pallas_cases(family: str, tokens: int, k: int, w: int, dtype: Any, seed: int) -> dict[str, Any]:
@@ -258,8 +337,8 @@ def _smoke_family(family: str, k: int, w: int, seed: int) -> float:
 def _pallas_smoke(seed: int) -> float:
     """Interpret mode (no TPU): every kernel of HC and FC, forward and backward, on tiny shapes,
     against the XLA path. Returns the largest relative difference."""
-    worst = max(_smoke_family("hc", 4, 32, seed), _smoke_family("fc", 4, 8, seed))
-    print(f"interpret mode (no TPU): every HC and FC kernel, forward and backward, on 16 tokens; "
+    worst = max(_smoke_family("hc", 4, 32, seed), _smoke_family("fc", 4, 8, seed), _smoke_mhc(4, 32, seed))
+    print(f"interpret mode (no TPU): every HC, FC and mHC kernel, forward and backward, on 16 tokens; "
           f"max |pallas - xla| / max(1, |xla|) = {worst:.2e}. No timing: interpret mode is not a TPU.")
     return worst
 
@@ -280,6 +359,8 @@ def run_pallas(tokens: int, d: int, dtype: Any, reps: int, warmup: int, seed: in
     for family, w in (("hc", d), ("fc", d // k)):
         for name, (fn, args) in _pallas_cases(family, tokens, k, w, dtype, seed).items():
             jobs[(family, name)] = lambda fn=fn, args=args: jax.block_until_ready(fn(*args))
+    for name, (fn, args) in _mhc_cases(tokens, k, d, dtype, seed).items():
+        jobs[("mhc", name)] = lambda fn=fn, args=args: jax.block_until_ready(fn(*args))
     # the whole site (fused kernels, identity branch) against x + y, and the XLA path's site
     rng = np.random.default_rng(seed)
     hc = hcref_jax.HyperConnections(k, d, 1)
@@ -321,8 +402,8 @@ def run_pallas(tokens: int, d: int, dtype: Any, reps: int, warmup: int, seed: in
     print(f"\ncopy of the state ({tokens} x {k} x {d} {jnp.dtype(dtype).name}): {copy_rate / 1e9:.1f} GB/s")
     print(f"{'family':7} {'kernel':22} {'median us':>10} {'GB/s':>8} {'of copy':>8}")
     for (family, name), t in medians.items():
-        if family in ("hc", "fc"):
-            w = d if family == "hc" else d // k
+        if family in ("hc", "fc", "mhc"):
+            w = d // k if family == "fc" else d
             rate = io_bytes(name, family, tokens, k, w, size) / t
             print(f"{family:7} {name:22} {1e6 * t:10.1f} {rate / 1e9:8.1f} {rate / copy_rate:8.2f}")
     for mode_name in ("site fwd", "site fwd+bwd"):

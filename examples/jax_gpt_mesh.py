@@ -3,14 +3,17 @@ width of the residual state (d for HC, d/m for FC) on "model".
 
     python examples/jax_gpt_mesh.py --mode hc --rate 4 --steps 300
     python examples/jax_gpt_mesh.py --mode fc --rate 2
+    python examples/jax_gpt_mesh.py --mode mhc --rate 4          # add --mhc-head for DeepSeek-V4's MHCHead
     python examples/jax_gpt_mesh.py --mode hc --mesh none        # one device, the plain model: the same losses
 
 Run as a script it asks XLA for 8 host (CPU) devices itself (``--xla_force_host_platform_device_count=8``).
 The connections run through ``hcref_jax.sharding.MeshPlan`` (``shard_map``: the coefficient step's
 reductions over the sharded width are explicit collectives, the mixing and the write act on the local
-columns, h0 is gathered for the sublayer). The sublayers are sharded Megatron-style with ``NamedSharding``
-(qkv / up column-sharded, out / down row-sharded over "model") and partitioned by XLA. The step is one
-``jax.jit``-ed function, as in examples/jax_gpt.py.
+columns, h0 is gathered for the sublayer; mHC's projection reads the flattened n*d state, so its
+statistics are completed over "model" and the gates and Sinkhorn run on every shard). The sublayers are
+sharded Megatron-style with ``NamedSharding`` (qkv / up column-sharded, out / down row-sharded over
+"model") and partitioned by XLA. The step is one ``jax.jit``-ed function, as in examples/jax_gpt.py; the
+training text is the first 90% of examples/data/tiny.txt, as there.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from hcref_jax.sharding import MeshPlan
 from jax.sharding import NamedSharding, PartitionSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _gpt_common import DATA
+import _gpt_common as common
 from jax_gpt import GPT, MLP, Attention
 
 P = PartitionSpec
@@ -49,10 +52,15 @@ class MeshGPT(GPT):
         if plan is None or self.mode == "residual":
             return super().__call__(idx)
         x = self.tok(idx) + self.pos(jnp.arange(idx.shape[1]))
-        H = plan.expand(x, self.rate) if self.mode == "hc" else plan.frac_split(x, self.rate)
+        H = plan.frac_split(x, self.rate) if self.mode == "fc" else plan.expand(x, self.rate)
         for connection, sublayer in zip(self.connections, self.sublayers, strict=True):
             H = plan.site(connection, H, sublayer)
-        x = plan.reduce(H) if self.mode == "hc" else plan.frac_merge(H)
+        if self.mode == "fc":
+            x = plan.frac_merge(H)
+        elif getattr(getattr(self.end, "plan", None), "family", None) == "mhc_head":  # mhc with the MHCHead
+            x = plan.head(self.end, H)
+        else:
+            x = plan.reduce(H)
         return self.head(self.norm(x))
 
 
@@ -89,16 +97,16 @@ def train(
     batch: int = 16,
     lr: float = 3e-3,
     log_every: int = 50,
+    mhc_head: bool = False,
     verbose: bool = True,
 ) -> list[float]:
-    """Train for ``steps`` steps on a (data, model) mesh of ``mesh_shape`` (None: one device, the plain model)."""
-    rate = rate if rate is not None else {"hc": 4, "fc": 2}.get(mode, 1)
-    text = DATA.read_text()
-    chars = sorted(set(text))
-    lookup = {c: i for i, c in enumerate(chars)}
-    data = np.array([lookup[c] for c in text], dtype=np.int32)
+    """Train for ``steps`` steps on a (data, model) mesh of ``mesh_shape`` (None: one device, the plain model).
+    ``mhc_head``: end an mhc model with ``MHCHead`` instead of ``Reduce()``."""
+    rate = common.default_rate("hc" if mode == "mhc" else mode, rate)  # mhc: n = 4 as hc
+    chars, data, _ = common.load_data()
+    head = {"mhc_head": True} if mhc_head else {}  # GPT's option for mhc only
     model = MeshGPT(
-        len(chars), d=d, layers=layers, heads=heads, context=context, mode=mode, rate=rate, rngs=nnx.Rngs(seed)
+        len(chars), d=d, layers=layers, heads=heads, context=context, mode=mode, rate=rate, rngs=nnx.Rngs(seed), **head
     )
     plan = None
     if mesh_shape is not None:
@@ -141,9 +149,10 @@ def train(
 
 def main(argv: list[str] | None = None) -> list[float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=("residual", "hc", "fc"), default="hc")
+    parser.add_argument("--mode", choices=("residual", "hc", "fc", "mhc"), default="hc")
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--rate", type=int, default=None, help="n for hc (default 4), m for fc (default 2)")
+    parser.add_argument("--rate", type=int, default=None, help="n for hc and mhc (default 4), m for fc (default 2)")
+    parser.add_argument("--mhc-head", action="store_true", help="mhc: end with DeepSeek-V4's MHCHead, not Reduce()")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--mesh", default="2x4", help="DATAxMODEL (the product of the two at most the device count), or none"
@@ -152,7 +161,14 @@ def main(argv: list[str] | None = None) -> list[float]:
     mesh_shape = None if args.mesh == "none" else tuple(int(s) for s in args.mesh.split("x"))
     if mesh_shape is not None and len(mesh_shape) != 2:
         parser.error(f"--mesh: expected DATAxMODEL or none, got {args.mesh!r}")
-    return train(args.mode, mesh_shape=mesh_shape, steps=args.steps, rate=args.rate, seed=args.seed)  # type: ignore[arg-type]
+    return train(
+        args.mode,
+        mesh_shape=mesh_shape,  # type: ignore[arg-type]
+        steps=args.steps,
+        rate=args.rate,
+        seed=args.seed,
+        mhc_head=args.mhc_head,
+    )
 
 
 if __name__ == "__main__":

@@ -2,14 +2,17 @@
 
     python examples/torch_gpt_fsdp.py --mode hc --procs 2 --steps 300
     python examples/torch_gpt_fsdp.py --mode fc --procs 2
+    python examples/torch_gpt_fsdp.py --mode mhc --procs 2          # add --mhc-head for DeepSeek-V4's MHCHead
     python examples/torch_gpt_fsdp.py --mode hc --procs 1          # the same loop in one process, no FSDP
     torchrun --nproc-per-node 2 examples/torch_gpt_fsdp.py --mode hc
 
 Every rank draws the same global batch and trains on its share of it; the loss printed is the global
 mean, so ``--procs 1`` and ``--procs 2`` print the same losses up to float32 rounding. Each residual site
 (one connection module and its sublayer) is one FSDP group; the model is the root group. FSDP2 cannot
-shard 0-dim parameters, so the gates ``s_alpha`` / ``s_beta`` stay replicated and their gradients are
-averaged by ``hcref_torch.parallel.average_gradients``.
+shard 0-dim parameters, so the gates ``s_alpha`` / ``s_beta`` (HC, FC) and ``MHCHead``'s ``gate`` stay
+replicated and their gradients are averaged by ``hcref_torch.parallel.average_gradients``; mHC sites
+(``phi``, ``b``, ``gates (3)``) are sharded like any other parameter. The training text is the first 90%
+of examples/data/tiny.txt, as in examples/torch_gpt.py.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _gpt_common import DATA
+import _gpt_common as common
 from torch_gpt import GPT
 
 
@@ -67,17 +70,19 @@ def run(
     batch: int = 16,
     lr: float = 3e-3,
     log_every: int = 50,
+    mhc_head: bool = False,
     verbose: bool = True,
 ) -> list[float]:
-    """Train on this rank's share of each batch (FSDP2 when ``world > 1``); returns the global loss of every step."""
-    rate = rate if rate is not None else {"hc": 4, "fc": 2}.get(mode, 1)
+    """Train on this rank's share of each batch (FSDP2 when ``world > 1``); returns the global loss of every step.
+    ``mhc_head``: end an mhc model with ``MHCHead`` instead of ``Reduce()``."""
+    rate = common.default_rate("hc" if mode == "mhc" else mode, rate)  # mhc: n = 4 as hc
     if batch % world:
         raise ValueError(f"batch: {batch} is not divisible by the number of processes {world}")
     torch.manual_seed(seed)
-    text = DATA.read_text()
-    chars = sorted(set(text))
-    data = torch.tensor([chars.index(c) for c in text], dtype=torch.long)
-    model = GPT(len(chars), d=d, layers=layers, heads=heads, context=context, mode=mode, rate=rate)
+    chars, train_ids, _ = common.load_data()
+    data = torch.from_numpy(train_ids).long()
+    head = {"mhc_head": True} if mhc_head else {}  # GPT's option for mhc only
+    model = GPT(len(chars), d=d, layers=layers, heads=heads, context=context, mode=mode, rate=rate, **head)
     if world > 1:
         from torch.distributed.device_mesh import init_device_mesh
 
@@ -134,14 +139,15 @@ def train(mode: str = "hc", *, procs: int = 2, **kwargs: Any) -> list[float]:
 
 def main(argv: list[str] | None = None) -> list[float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=("residual", "hc", "fc"), default="hc")
+    parser.add_argument("--mode", choices=("residual", "hc", "fc", "mhc"), default="hc")
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--rate", type=int, default=None, help="n for hc (default 4), m for fc (default 2)")
+    parser.add_argument("--rate", type=int, default=None, help="n for hc and mhc (default 4), m for fc (default 2)")
+    parser.add_argument("--mhc-head", action="store_true", help="mhc: end with DeepSeek-V4's MHCHead, not Reduce()")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--procs", type=int, default=2, help="processes (ignored under torchrun)")
     parser.add_argument("--losses", default=None, help="write the losses of every step here (JSON)")
     args = parser.parse_args(argv)
-    kwargs = {"steps": args.steps, "rate": args.rate, "seed": args.seed}
+    kwargs = {"steps": args.steps, "rate": args.rate, "seed": args.seed, "mhc_head": args.mhc_head}
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun
         dist.init_process_group("gloo")
         try:

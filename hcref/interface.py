@@ -10,7 +10,8 @@ Every port has the members of :class:`Port`: ``name``, ``version``, ``framework_
 ``capabilities()`` (device x dtype), ``asarray``, ``to_numpy``, ``dtype_name`` and ``vjp``.
 Beyond them a port implements one or both *entry points*:
 
-Op-level entry. Every op of :data:`hcref.optable.OPS` exists under its contract name, with
+Op-level entry. Every op of :data:`hcref.optable.ALL_OPS` that the port declares (HC, FC and mHC:
+``sinkhorn``, ``mhc_coeffs``, ``mhc_pre``, ``mhc_post``, ``mhc_head``) exists under its contract name, with
 the reference's positional inputs and keyword options, on the port's native arrays;
 parameters are a ``Mapping[str, array]`` with the contract's keys. Shapes, results and errors
 are those of the reference (``hcref.<op>``), which is the specification: bad input raises the
@@ -19,21 +20,23 @@ first-party backends implement every op: :class:`Backend` is that full contract.
 
 Module-level entry. A port that wraps whole modules (as most libraries are built) implements
 instead, or besides, ``site(family, H, params, sublayer, **options)``: one whole residual
-site of ``family`` (``"hc"`` or ``"fc"``) on the state ``H`` with the contract's parameter
+site of ``family`` (``"hc"``, ``"fc"`` or ``"mhc"``) on the state ``H`` with the contract's parameter
 mapping, calling ``sublayer(h0)`` (a callable on native arrays) exactly once, and returning
 ``H_out`` of ``H``'s shape, as :func:`hcref.site`; the ends (``expand``, ``reduce``,
 ``frac_split``, ``frac_merge``) as ops; and optionally its own initialisers ``init_hc(n, d,
-layer_index, *, dynamic, norm)`` / ``init_fc(m, d, *, dynamic, norm)`` returning the contract's
+layer_index, *, dynamic, norm)`` / ``init_fc(m, d, *, dynamic, norm)`` / ``init_mhc(n, d,
+layer_index, *, dynamic)`` returning the contract's
 mapping (native or NumPy arrays), so that Pre-Norm at init is checked with the port's own
 initial values. The suite's sublayer is written with Python operators only (``@``, ``*``,
 ``+``, ``/``, ``** 0.5``) on native arrays, so it never runs the port's own ops.
 
 Declared capabilities. ``supports()`` (optional) returns a :class:`Support` (or a mapping of
 its fields) saying which families, ops, entry points, norms (and their epsilons), switches,
-static/dynamic modes, largest ``n`` or ``m`` and mixed precision the port implements. The
-suite draws only what a port declares and reports everything else as "n/a" (never pass or
-FAIL). A port without ``supports()`` declares :class:`Support` ``()``: every op of HC and FC
-with every option, which is what the first-party backends implement.
+static/dynamic modes, largest ``n`` or ``m``, Sinkhorn iterations and variants (mHC) and mixed
+precision the port implements. The suite draws only what a port declares and reports everything
+else as "n/a" (never pass or FAIL). A port without ``supports()`` declares every op of HC and FC
+with every option and, when it has any mHC op, the mHC family with every option
+(:func:`support_of`), which is what the first-party backends implement.
 
 Gradients. ``vjp(fn, primals, cotangents)`` differentiates any callable built from the
 port's ops (for a module-level port, from its ``site`` and ends, with the suite's sublayer
@@ -79,6 +82,9 @@ OP_NAMES = (
 )
 """The op members every first-party backend has (the keys of :data:`hcref.optable.OPS`)."""
 
+MHC_OP_NAMES = ("sinkhorn", "mhc_coeffs", "mhc_pre", "mhc_post", "mhc_head")
+"""The mHC ops (the keys of :data:`hcref.optable.MHC_OPS`): a port with any of them has all."""
+
 END_OPS = ("expand", "reduce", "frac_split", "frac_merge")
 """The ends (network entry and exit); a module-level port implements them as ops."""
 
@@ -92,10 +98,13 @@ INFRASTRUCTURE = ("name", "version", "framework_version", "capabilities", "asarr
 """Members of every port, whatever its entry points."""
 
 
+MHC_VARIANTS = ("paper", "v4")
+"""mHC variants (decisions D7, D9): the paper's (``eps = 0``) and DeepSeek-V4's (``eps > 0``)."""
+
+
 def _all_ops() -> dict[str, optable.OpSpec]:
-    """Every op of the reference: :data:`~hcref.optable.OPS` and, once it exists, ``MHC_OPS``."""
-    extra: dict[str, optable.OpSpec] = getattr(optable, "MHC_OPS", {})
-    return {**optable.OPS, **extra}
+    """Every op of the reference (:data:`hcref.optable.ALL_OPS`: HC, FC and mHC)."""
+    return dict(optable.ALL_OPS)
 
 
 def known_families() -> tuple[str, ...]:
@@ -108,24 +117,32 @@ def family_ops(family: str) -> tuple[str, ...]:
     return tuple(name for name, spec in _all_ops().items() if spec.family == family)
 
 
+SITE_OPS = {"hc": ("hc_coeffs", "hc_width", "hc_depth"), "fc": ("fc_coeffs", "fc_width", "fc_depth"),
+            "mhc": ("mhc_coeffs", "mhc_pre", "mhc_post")}
+"""The ops one site of each family is composed of (mHC's ``sinkhorn`` runs inside ``mhc_coeffs``;
+``mhc_head`` is V4's final reduce, not part of a site)."""
+
+
 @dataclass(frozen=True)
 class Support:
     """What a port declares it implements; the default is everything the first-party backends do.
 
-    ``families``: the families the port implements (``"hc"``, ``"fc"``).
+    ``families``: the families the port implements (``"hc"``, ``"fc"``, ``"mhc"``).
     ``ops``: its op-level entry points; ``None`` means every op of those families plus the ends.
     ``sites``: families whose whole site the port implements as ``site(family, ...)``
     (module-level entry); when given, the suite's site, network and Pre-Norm checks of that
     family run through it instead of through the ops.
     ``initialisers``: families whose initial parameters come from the port's
-    ``init_<family>`` (``init_hc``/``init_fc``) instead of :mod:`hcref.init`.
+    ``init_<family>`` (``init_hc``/``init_fc``/``init_mhc``) instead of :mod:`hcref.init`.
     ``norms``: values of the ``norm`` option the port implements (decision D1).
     ``norm_eps``: the epsilon of a norm where it differs from decision D1 (layernorm 1e-5,
     rmsnorm 1e-6); the suite then compares with the reference at that epsilon and reports the
     difference from D1 as a named property.
     ``switches``: the switches of D4 that the port can turn off (the rest stay on).
     ``modes``: ``"dynamic"`` and/or ``"static"`` coefficients.
-    ``max_rows``: the largest ``n`` (HC) or ``m`` (FC) the port takes; ``None`` for any.
+    ``max_rows``: the largest ``n`` (HC, mHC) or ``m`` (FC) the port takes; ``None`` for any.
+    ``iters``: the numbers of Sinkhorn iterations the port takes (mHC); ``None`` for any.
+    ``mhc_variants``: ``"paper"`` (``eps = 0``) and/or ``"v4"`` (DeepSeek-V4's ``eps > 0``).
     ``mixed_precision``: float32 parameters on a bfloat16/float16 state (decision D12).
     ``notes``: free text per topic for the report (e.g. ``{"norm": "RMSNorm without epsilon"}``).
     """
@@ -139,6 +156,8 @@ class Support:
     switches: tuple[str, ...] = SWITCHES
     modes: tuple[str, ...] = MODES
     max_rows: int | None = None
+    iters: tuple[int, ...] | None = None
+    mhc_variants: tuple[str, ...] = MHC_VARIANTS
     mixed_precision: bool = True
     notes: Mapping[str, str] = field(default_factory=dict)
 
@@ -160,6 +179,12 @@ class Support:
         if self.max_rows is not None and (isinstance(self.max_rows, bool) or not isinstance(self.max_rows, int)
                                           or self.max_rows < 1):
             raise ValueError(f"max_rows: expected None or an int >= 1, got {self.max_rows!r}")
+        _check_subset("mhc_variants", self.mhc_variants, MHC_VARIANTS)
+        if "mhc" in self.families and not self.mhc_variants:
+            raise ValueError(f"mhc_variants: expected at least one of {MHC_VARIANTS}, got ()")
+        if self.iters is not None and (isinstance(self.iters, (str, int)) or not self.iters or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in self.iters)):
+            raise ValueError(f"iters: expected None or a non-empty tuple of ints >= 1, got {self.iters!r}")
         for norm, eps in self.norm_eps.items():
             if not isinstance(eps, (int, float)) or eps < 0:
                 raise ValueError(f"norm_eps[{norm!r}]: expected a float >= 0, got {eps!r}")
@@ -182,7 +207,7 @@ class Support:
             return None
         if family in self.sites:
             return "module"
-        return "ops" if all(self.has_op(name) for name in family_ops(family)) else None
+        return "ops" if all(self.has_op(name) for name in SITE_OPS[family]) else None
 
 
 def _check_subset(name: str, values: Sequence[str], allowed: Sequence[str]) -> None:
@@ -195,9 +220,13 @@ def _check_subset(name: str, values: Sequence[str], allowed: Sequence[str]) -> N
 
 def support_of(port: object) -> Support:
     """The :class:`Support` ``port`` declares through ``supports()`` (a ``Support`` or a mapping
-    of its fields, lists allowed for tuples); :class:`Support` ``()`` when it has no ``supports``."""
+    of its fields, lists allowed for tuples). Without ``supports``: :class:`Support` ``()`` (HC and
+    FC, every option), with the ``mhc`` family added when the port has any mHC op (it must then
+    have all of them: :func:`missing_members` names the rest)."""
     declare = getattr(port, "supports", None)
     if declare is None:
+        if any(hasattr(port, name) for name in family_ops("mhc")):
+            return Support(families=("hc", "fc", "mhc"))
         return Support()
     declared = declare() if callable(declare) else declare
     if isinstance(declared, Support):
@@ -271,6 +300,18 @@ class Backend(Port, Protocol):
     ) -> tuple[Any, Any]: ...
     def fc_width(self, H: Any, alpha: Any) -> tuple[Any, Any]: ...
     def fc_depth(self, y: Any, H_res: Any, beta: Any) -> Any: ...
+
+
+@runtime_checkable
+class MhcBackend(Backend, Protocol):
+    """A :class:`Backend` with the mHC ops as well (decisions D7-D10)."""
+
+    def sinkhorn(self, Z: Any, *, iters: int = ..., eps: float = ...) -> Any: ...
+    def mhc_coeffs(self, H: Any, params: Mapping[str, Any], *, iters: int = ...,
+                   eps: float = ...) -> tuple[Any, Any, Any]: ...
+    def mhc_pre(self, H: Any, h_pre: Any) -> Any: ...
+    def mhc_post(self, y: Any, H: Any, h_post: Any, h_res: Any) -> Any: ...
+    def mhc_head(self, H: Any, params: Mapping[str, Any], *, eps: float = ...) -> Any: ...
 
 
 def missing_members(port: object, support: Support | None = None) -> list[str]:

@@ -47,10 +47,12 @@ def _site_case(family: str, norm: str, dynamic: bool) -> tuple[Any, ...]:
     H = rng.standard_normal((2, k, w))
     params = random_params(family, k, w, rng, dynamic=dynamic, norm=norm)
     T = sub.build("mlp", sub.random_params("mlp", fam.model_width(k, w), rng), lambda x: x)
+    if family == "mhc":
+        return fam, H, params, T, {"iters": 3 if norm == "rmsnorm" else 20, "eps": 1e-6 if norm == "none" else 0.0}
     return fam, H, params, T, {"norm": norm, "use_tanh": True, "use_norm": True, "use_scale": True}
 
 
-@pytest.mark.parametrize("family", ["hc", "fc"])
+@pytest.mark.parametrize("family", ["hc", "fc", "mhc"])
 @pytest.mark.parametrize(("norm", "dynamic"), [("layernorm", True), ("rmsnorm", True), ("none", False)])
 def test_composition_equals_the_reference(family: str, norm: str, dynamic: bool) -> None:
     fam, H, params, T, options = _site_case(family, norm, dynamic)
@@ -145,11 +147,55 @@ def test_fixed_cases_cover_the_issues() -> None:
     assert len(half) < len(precise)  # structure cases run in the precise dtypes only
 
 
+@pytest.mark.parametrize("op", ["mhc_coeffs", "mhc_site", "sinkhorn"])
+def test_mhc_draws(op: str) -> None:
+    """mHC draws: its options (20, 3 and 1 iterations, V4's eps), more than 4 streams, dynamic with
+    random weights in at least half, size-0 leading axes; the free draws too."""
+    for profile in ("default", "thorough"):
+        cases = _drawn(op, profile, 200)
+        assert {c.iters for c in cases} == {1, 3, 20} and {c.eps for c in cases} == {0.0, 1e-6}
+        assert sum(c.k > 4 for c in cases) / len(cases) >= 0.1
+        if op != "sinkhorn":
+            assert sum(c.dynamic and not c.init for c in cases) / len(cases) >= 0.5
+        assert all(set(c.options) == ({"iters", "eps"}) for c in cases)
+
+
+def test_mhc_fixed_cases_and_conditioning() -> None:
+    """The logit patterns (above 88, spread 160, a row or a column 1e4 below) are fixed cases of
+    sinkhorn and mhc_coeffs, and their tolerance carries Sinkhorn's conditioning max(1, max|Z|)."""
+    from hcref_conformance.cases import sinkhorn_conditioning, sinkhorn_logits
+    from hcref_conformance.checks import op_conditioning
+
+    for op in ("sinkhorn", "mhc_coeffs"):
+        cases = dict(special_cases(op, "float32", ["float64", "float32"], PROFILES["default"], Support()))
+        assert {c.logits for c in cases.values()} >= {"big90", "spread160", "row-1e4", "col-1e4"}
+        assert any(c.logits == "big90" and c.k == 8 for c in cases.values())
+        big = next(c for c in cases.values() if c.logits == "big90")
+        assert 90 < op_conditioning(op, big.inputs()) < 100
+        row = next(c for c in cases.values() if c.logits == "row-1e4")
+        assert 9e3 < op_conditioning(op, row.inputs()) < 1.1e4
+    assert sinkhorn_conditioning(np.array([[0.5, -0.2]])) == 1.0
+    rng = np.random.default_rng(0)
+    H = rng.standard_normal((3, 2, 4))
+    p = random_params("mhc", 2, 4, rng)
+    z = hcref.norms.rms_normalize(H.reshape(3, 8), 1e-6)[0] @ p["phi"]
+    np.testing.assert_allclose(sinkhorn_logits(H, p), (p["gates"][2] * z[:, 4:] + p["b"][4:]).reshape(3, 2, 2))
+    pattern = dict(special_cases("sinkhorn", "float64", ["float64"], PROFILES["default"], Support()))
+    assert all(c.scale == 1.0 for c in pattern.values())  # logits are not activations
+
+
 def test_support_defaults_and_validation() -> None:
     assert Support().op_names == END_OPS + tuple(op for op in OP_NAMES if op not in END_OPS)
     assert Support().site_entry("hc") == "ops" and Support(sites=("hc",)).site_entry("hc") == "module"
     assert Support(ops=END_OPS).site_entry("fc") is None
     assert support_of(object()) == Support()
+    assert support_of(type("M", (), {"sinkhorn": None})()).families == ("hc", "fc", "mhc")
+    assert Support(families=("mhc",)).site_entry("mhc") == "ops"
+    assert Support(families=("mhc",), ops=("mhc_coeffs", "mhc_pre", "mhc_post")).site_entry("mhc") == "ops"
+    with pytest.raises(ValueError, match="iters"):
+        Support(iters=(0,))
+    with pytest.raises(ValueError, match="mhc_variants"):
+        Support(mhc_variants=("v5",))
     with pytest.raises(ValueError, match="norms"):
         Support(norms=("batchnorm",))
     with pytest.raises(ValueError, match="sites"):

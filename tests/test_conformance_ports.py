@@ -1,7 +1,10 @@
 """Public implementations through their adapters in ``conformance/ports/``: lucidrains'
 ``hyper-connections`` at its pinned version keeps its known verdicts (HC agrees once its norm
-epsilon is declared; the FC write and the FC initialisation depart, named by property), and the
-module-level entry over ``hcref_torch``'s own modules reports no false failure.
+epsilon is declared; the FC write and the FC initialisation depart, named by property; its mHC
+runs Sinkhorn rows then columns and starts with ``h_post = 2 sigmoid(1)``), and the
+module-level entry over ``hcref_torch``'s own modules reports no false failure. The adapters over
+the mHC packages on PyPI are not run here (documented with their commands in
+``docs/conformance-of-public-implementations.md``); their import is checked when installed.
 
 Each port runs in a fresh interpreter through the public command, in float64 (where an
 epsilon-sized departure is as visible as an O(1) one) with the quick profile.
@@ -71,6 +74,49 @@ def test_lucidrains_known_verdicts(tmp_path: Path) -> None:
     assert report["na"]["total"] > 0
 
 
+def test_lucidrains_mhc_known_verdicts(tmp_path: Path) -> None:
+    pytest.importorskip("hyper_connections")
+    done, report = _run_attr("lucidrains_hyper_connections.py", "mhc_port", tmp_path, "--dtypes", "float32")
+    assert report, done.stdout[-4000:] + done.stderr[-2000:]
+    assert report["version"] == "0.4.11"
+    verdicts = {p["id"]: p["verdict"] for p in report["properties"] if p["family"] == "mhc"}
+    order = next(p for p in report["properties"] if p["id"] == "mhc-sinkhorn-order")
+    assert order["verdict"] == "departs" and "got [[1.017882], [0.982118]]" in order["detail"]  # rows, then columns
+    assert verdicts["mhc-init-prenorm"] == "departs"  # b_post = 1: h_post = 2 sigmoid(1) = 1.462 at init
+    for prop in ("mhc-mixing", "mhc-read", "mhc-write", "mhc-large-logits", "mhc-beyond-4", "mhc-ends",
+                 "mhc-init-read", "mhc-empty"):
+        assert verdicts[prop] == "holds", (prop, verdicts[prop])
+    for prop in ("mhc-flattened", "mhc-rms-eps", "mhc-scale-safe", "mhc-mixed"):  # dynamic / mixed not declared
+        assert verdicts[prop] == "n/a", (prop, verdicts[prop])
+    status = {(r["op"], r["dtype"]): r["status"] for r in report["rows"]}
+    assert status[("mhc_prenorm", "float32")] == "FAIL" and status[("mhc_coeffs", "float32")] == "n/a"
+    assert all(p["verdict"] == "n/a" for p in report["properties"] if p["family"] != "mhc")
+
+
+def _run_attr(file: str, attr: str, tmp_path: Path, *options: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    report = tmp_path / f"{attr}.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HCREF_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "hcref_conformance", "--backend", f"{PORTS / file}:{attr}", "--profile", "quick",
+         "--report-json", str(report), "-q", *options, "--", "-p", "no:warnings"],
+        capture_output=True, text=True, check=False, cwd=ROOT, env=env, timeout=1200)
+    return done, json.loads(report.read_text()) if report.exists() else {}
+
+
+@pytest.mark.parametrize(("file", "module"), [("pypi_mhc.py", "mhc.constraints.matrix"),
+                                              ("pypi_mhc_mlx.py", "mhc_mlx.reference"),
+                                              ("pypi_mlx_mhc.py", "mlx_mhc.sinkhorn")])
+def test_pypi_mhc_adapters_load(file: str, module: str) -> None:
+    """Each PyPI mHC adapter loads and declares the mHC family (where its library is installed)."""
+    pytest.importorskip(module)
+    from hcref_conformance.loading import load_backend
+
+    port = load_backend(f"{PORTS / file}:port")
+    from hcref.interface import support_of
+
+    assert support_of(port).families == ("mhc",) and "sinkhorn" in support_of(port).op_names
+
+
 def test_module_entry_reports_no_false_failure(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     done, report = run_port("hcref_torch_modules.py", tmp_path, "--dtypes", "float64")
@@ -91,3 +137,8 @@ def test_public_implementations_page_is_current() -> None:
         line = next(line for line in page.splitlines() if line.startswith(f"| {name}"))
         assert "**departs**" in line
     assert "python conformance/ports/regenerate.py" in page
+    # lucidrains' mHC: Sinkhorn rows then columns, shown on the issue's input
+    line = next(line for line in page.splitlines() if line.startswith("| mHC: Sinkhorn normalises columns then rows"))
+    assert "**departs**" in line and "[[1.017882], [0.982118]]" in line
+    for library in ("PyPI `mhc-mlx`", "PyPI `mlx-mhc`", "PyPI `mhc`", "`mhc-pytorch`"):
+        assert library in page, library

@@ -96,6 +96,16 @@ def test_missing_pytest_or_hypothesis_names_the_extra() -> None:
     assert 'ImportError: the hcref conformance suite needs hypothesis: pip install "hcref[conformance]"' in done.stdout
 
 
+def test_plugin_without_hypothesis_names_the_extra_and_main_job_needs_the_framework() -> None:
+    """The pytest plugin loaded without hypothesis names the extra; ``--all`` counts a first-party
+    backend as installed only when its framework is (``hcref_torch`` without torch is not)."""
+    done = run(["-c", "import sys; sys.modules['hypothesis'] = None\nimport hcref_conformance.plugin"])
+    assert 'needs hypothesis: pip install "hcref[conformance]"' in done.stderr
+    code = ("import sys; sys.modules['torch'] = None\nfrom hcref_conformance.loading import is_installed\n"
+            "print(is_installed('hcref_torch'), is_installed('hcref_numpy'), is_installed('no_such_backend'))")
+    assert run(["-c", code]).stdout.split() == ["False", "True", "False"]
+
+
 def test_plugin_reads_environment_twins(tmp_path: Path) -> None:
     report = tmp_path / "r.json"
     progress = tmp_path / "progress"

@@ -436,7 +436,7 @@ def test_supported_and_fallbacks() -> None:
     wide = {key: f32((2**20,) + p[key].shape[1:], F32) for key in ("W_alpha", "W_beta", "norm_weight", "norm_bias")}
     assert not hp.supported("hc_coeffs", f32((4, 3, 2**20), jnp.float32), {**p, **wide})
     with pytest.raises(ValueError, match=r"^op: expected one of"):
-        hp.supported("mhc_pre", f32((4, 3, 8), jnp.float32))
+        hp.supported("mhc_head", f32((4, 3, 8), jnp.float32))
     rng = np.random.default_rng(1)
     empty = jnp.asarray(rng.normal(size=(0, 3, 8)), jnp.float32)
     alpha = jnp.zeros((0, 3, 4), jnp.float32)

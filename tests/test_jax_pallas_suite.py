@@ -1,7 +1,8 @@
 """The conformance suite against the Pallas kernel backend (TPU interpret mode on this CPU), and the
 ``bench_jax.py --pallas --quick`` smoke run.
 
-CI runs a bounded part of the suite: the six kernel ops (coefficients, width, depth of HC and FC),
+CI runs a bounded part of the suite: the kernel ops (coefficients, width, depth of HC and FC, and
+``mhc_coeffs``, ``mhc_pre``, ``mhc_post`` once the suite's op table has them),
 forward, VJP and input errors, in float32 with every special case (n = 1, one token, static sites,
 switches off, each norm at init) and in bfloat16 on the drawn examples only, 2 examples per test.
 Each new shape compiles the interpreted kernels (about a second each), so the whole suite
@@ -24,7 +25,19 @@ pytest.importorskip("jax")
 pytest.importorskip("flax.nnx")
 
 ROOT = Path(__file__).resolve().parents[1]
-KERNEL_OPS = ("hc_coeffs", "hc_width", "hc_depth", "fc_coeffs", "fc_width", "fc_depth")
+HC_FC_OPS = ("hc_coeffs", "hc_width", "hc_depth", "fc_coeffs", "fc_width", "fc_depth")
+MHC_KERNEL_OPS = ("mhc_coeffs", "mhc_pre", "mhc_post")
+
+
+def _suite_ops() -> set[str]:
+    """The ops the suite draws cases for (its op table); the mHC ops join it when the suite's mHC
+    work lands (until then tests/test_jax_pallas_mhc.py checks the mHC kernels against the reference)."""
+    from hcref_conformance import strategies
+
+    return set(getattr(strategies, "OP_NAMES", ()))
+
+
+KERNEL_OPS = HC_FC_OPS + tuple(op for op in MHC_KERNEL_OPS if op in _suite_ops())
 
 
 def test_kernel_backend_passes_the_suite_on_the_kernel_ops(tmp_path: Path) -> None:

@@ -1,10 +1,11 @@
-"""HC and FC modules under torch.distributed on CPU (gloo): DDP, FSDP2, sequence parallelism (tokens sharded,
-DTensor) and tensor parallelism (width sharded, ``hcref_torch.parallel.WidthParallel``).
+"""HC, FC and mHC modules under torch.distributed on CPU (gloo): DDP, FSDP2, sequence parallelism (tokens
+sharded, DTensor) and tensor parallelism (width sharded, ``hcref_torch.parallel.WidthParallel``).
 
 Every case runs one training step (forward, backward, SGD update) of a two-site stack (each site an MLP
-sublayer) sharded over 2 processes and compares it with the same step in one process: the outputs,
-every parameter gradient and every updated parameter, to float32 rounding. The collectives each plan
-issues are recorded and checked against the plan (hcref_torch.parallel's docstring).
+sublayer; mHC ends with the learned ``MHCHead``) sharded over 4 processes and compares it with the same
+step in one process: the outputs, every parameter gradient and every updated parameter, to float32
+rounding. The collectives each plan issues are recorded and checked against the plan (hcref_torch.parallel's
+docstring).
 
 The processes are this file run as a script (``--worker``), started once per module with a file store
 (no ports to pick), a timeout on every wait, and their results returned as JSON.
@@ -31,7 +32,8 @@ WORLD = 4  # the 1-D plans over 4 ranks; FSDP2 x tensor parallelism on a 2 x 2 m
 BATCH, TIME = 4, 8
 TIMEOUT_S = 240
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = ("hc", "fc")
+FAMILIES = ("hc", "fc", "mhc")
+GRADS = {"hc": 2 * 9 + 2 * 6, "fc": 2 * 9 + 2 * 6, "mhc": 2 * 3 + 3 + 2 * 6}  # sites, MHCHead, two MLPs
 PLANS = ("ddp", "fsdp", "sp", "tp", "fsdp_tp")
 
 # "Equal to float32 rounding": both the sharded and the single-process float32 step are measured against
@@ -108,6 +110,7 @@ def _build(family: str, norm: str = "layernorm", seed: int = 0) -> Any:
     """A two-site stack: x (batch, time, d) -> (batch, time, d), MLP sublayers, random dynamic parameters."""
     import hcref_torch as ht
     import torch
+    from hcref_torch.mhc_modules import ManifoldHyperConnections, MHCHead
     from torch import nn
 
     d = 16
@@ -121,6 +124,9 @@ def _build(family: str, norm: str = "layernorm", seed: int = 0) -> Any:
                 self.connections = nn.ModuleList(ht.HyperConnections(4, d, k, norm=norm) for k in range(2))
                 self.begin: nn.Module = ht.Expand(4)
                 self.end: nn.Module = ht.Reduce()
+            elif family == "mhc":
+                self.connections = nn.ModuleList(ManifoldHyperConnections(4, d, k) for k in range(2))
+                self.begin, self.end = ht.Expand(4), MHCHead(4, d)
             else:
                 self.connections = nn.ModuleList(ht.FracConnections(2, d, norm=norm) for _ in range(2))
                 self.begin, self.end = ht.FracSplit(2), ht.FracMerge()
@@ -128,7 +134,7 @@ def _build(family: str, norm: str = "layernorm", seed: int = 0) -> Any:
                 nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d)) for _ in range(2)
             )
             with torch.no_grad():  # leave the Pre-Norm-equivalent init so that every path carries gradient
-                for p in self.connections.parameters():
+                for p in [*self.connections.parameters(), *self.end.parameters()]:
                     p.add_(0.3 * torch.randn_like(p))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,15 +189,19 @@ def _metrics(a: Any, ref32: Any, ref64: Any) -> dict[str, float]:
     }
 
 
-def _compare(out: Any, model: Any, ref: _Reference) -> dict[str, Any]:
+def _compare(out: Any, model: Any, ref: _Reference, local: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """``local(key)``: None, or for a parameter to compare shard by shard the map from the full reference
+    tensor to this rank's part of it (compared with the parameter's local shard, not its full_tensor())."""
     import torch
 
     f32, f64 = torch.float32, torch.float64
     grads, params = {}, {}
     for k, p in model.named_parameters():
         key = k.removeprefix("module.")  # DDP's wrapper
-        grads[key] = _metrics(_full(p.grad), ref.grads[f32][key], ref.grads[f64][key])
-        params[key] = _metrics(_full(p.detach()), ref.params[f32][key], ref.params[f64][key])
+        part = local(key) if local is not None else None
+        mine, pick = (_full, lambda t: t) if part is None else (lambda t: t.to_local(), part)
+        grads[key] = _metrics(mine(p.grad), pick(ref.grads[f32][key]), pick(ref.grads[f64][key]))
+        params[key] = _metrics(mine(p.detach()), pick(ref.params[f32][key]), pick(ref.params[f64][key]))
     missing = sorted(set(ref.grads[f32]) - set(grads))
     return {"out": _metrics(out, ref.out[f32], ref.out[f64]), "grads": grads, "params": params, "missing": missing}
 
@@ -223,7 +233,7 @@ def _case_fsdp(family: str, rank: int, world: int, mesh: Any) -> dict[str, Any]:
     rows = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
     ref = _Reference(model_ref, x, target, 0.1, rows)
     scalars = scalar_parameters(model)
-    assert len(scalars) == 4  # s_alpha and s_beta of two dynamic sites
+    assert len(scalars) == (1 if family == "mhc" else 4)  # s_alpha and s_beta of two dynamic sites; MHCHead's gate
     for connection, sublayer in zip(model.connections, model.sublayers):
         fully_shard([connection, sublayer], mesh=mesh, ignored_params=scalars)
     fully_shard(model, mesh=mesh, ignored_params=scalars)
@@ -274,6 +284,8 @@ def _tp_model(family: str, norm: str, mesh: Any) -> tuple[Any, Any]:
     model_ref = copy.deepcopy(model)
     for connection in model.connections:
         parallelize_module(connection, mesh, WidthParallel())
+    if family == "mhc":
+        parallelize_module(model.end, mesh, WidthParallel())
     for sublayer in model.sublayers:  # Megatron-style: norm replicated, column- then row-parallel linear
         distribute_module(sublayer[0], mesh)
         parallelize_module(
@@ -288,6 +300,7 @@ def _tp_model(family: str, norm: str, mesh: Any) -> tuple[Any, Any]:
 def _tp_forward(model: Any, x: Any, mesh: Any, log: _CommLog | None = None) -> Any:
     """The stack's forward with the state sharded on its width: x replicated -> out replicated."""
     from hcref_torch.parallel import gather_width, shard_width
+    from torch.distributed.tensor import Replicate
 
     H = shard_width(model.begin(x), mesh)
     for i, (connection, sublayer) in enumerate(zip(model.connections, model.sublayers)):
@@ -301,6 +314,14 @@ def _tp_forward(model: Any, x: Any, mesh: Any, log: _CommLog | None = None) -> A
             model.site_log = (width_log, list(log.log))
         else:
             H = connection(H, sublayer)
+    if model.family == "mhc":  # the learned head on the local columns; x (..., d) sharded like one stream
+        if log is not None:
+            with log:
+                x = model.end(H)
+            model.head_log = list(log.log)
+        else:
+            x = model.end(H)
+        return x.redistribute(x.device_mesh, [Replicate()]).to_local()
     return model.end(gather_width(H))
 
 
@@ -320,7 +341,7 @@ def _case_tp(family: str, rank: int, world: int, mesh: Any) -> dict[str, Any]:
     torch.optim.SGD(model.parameters(), lr=0.1).step()
     result = _compare(out, model, ref)
     width_log, depth_log = model.site_log
-    result.update(width=width_log, depth=depth_log, backward=backward)
+    result.update(width=width_log, depth=depth_log, backward=backward, head=getattr(model, "head_log", None))
     result["placements"] = {k: str(p.placements) for k, p in model.connections[0].named_parameters()}
     return result
 
@@ -357,7 +378,17 @@ def _case_fsdp_tp(family: str, rank: int, world: int, mesh: Any) -> dict[str, An
     out = root(x[rows])
     ((out - target[rows]) ** 2).mean().backward()
     torch.optim.SGD(model.parameters(), lr=0.1, foreach=False).step()
-    result = _compare(out, model, ref)
+    tp, n = mesh2["tp"].get_local_rank(), 4
+
+    def phi_local(key: str) -> Any:
+        """mHC's phi: FSDP2 labels the 2-D placement of a _StridedShard TP parameter (_StridedShard(0, sf=2),
+        _StridedShard(0, sf=4)), which full_tensor() reassembles in the wrong row order (the local shards and
+        the computation are right). Compare this rank's rows: its tp columns of every stream, then its dp half."""
+        if not key.endswith("phi"):
+            return None
+        return lambda t: t.reshape(n, 2, -1, t.shape[-1])[:, tp].reshape(-1, t.shape[-1]).chunk(2)[dp]
+
+    result = _compare(out, model, ref, phi_local if family == "mhc" else None)
     result["placements"] = {k: str(p.placements) for k, p in model.connections[0].named_parameters()}
     return result
 
@@ -375,6 +406,8 @@ def _site_options() -> list[tuple[str, dict[str, Any]]]:
 
 def _case_tp_options(family: str, rank: int, world: int, mesh: Any) -> dict[str, Any]:
     """One site (coefficients, width, a tanh sublayer, depth) under every option, sharded vs one process."""
+    if family == "mhc":
+        return _case_tp_options_mhc(rank, world, mesh)
     import hcref_torch as ht
     import torch
     from hcref_torch.parallel import WidthParallel, gather_width, shard_width
@@ -420,6 +453,8 @@ def _case_tp_options(family: str, rank: int, world: int, mesh: Any) -> dict[str,
 def _case_tp_scale(family: str, rank: int, world: int, mesh: Any) -> dict[str, Any]:
     """Rows of magnitude 1e30 (float32) whose largest entries lie on one rank only: the scale-safe norm's
     cross-rank max. Coefficients and their VJP against the NumPy reference in float64."""
+    if family == "mhc":
+        return _case_tp_scale_mhc(rank, world, mesh)
     import hcref_torch as ht
     import numpy as np
     import torch
@@ -471,6 +506,8 @@ def _case_tp_scale(family: str, rank: int, world: int, mesh: Any) -> dict[str, A
 
 def _case_tp_bf16(family: str, rank: int, world: int, mesh: Any) -> dict[str, Any]:
     """Mixed precision (D12): float32 parameters, bfloat16 state and sublayer output."""
+    if family == "mhc":
+        return _case_tp_bf16_mhc(rank, world, mesh)
     import hcref_torch as ht
     import torch
     from hcref_torch.parallel import WidthParallel, gather_width, shard_width
@@ -495,6 +532,158 @@ def _case_tp_bf16(family: str, rank: int, world: int, mesh: Any) -> dict[str, An
     result["out"] = _err(out, out_ref)
     result["H"] = _err(H_tp.grad, H_ref.grad)
     result["grads"] = {k: _err(_full(p.grad), getattr(ref, k).grad) for k, p in site.named_parameters()}
+    return result
+
+
+# --- mHC: the cases whose inputs differ from HC/FC's ----------------------------------------------------
+
+
+def _mhc_site_options() -> list[tuple[str, dict[str, Any]]]:
+    return [("default", {}), ("v4", {"eps": 1e-6}), ("iters-1", {"iters": 1}), ("static", {"dynamic": False})]
+
+
+def _mhc_pair(options: dict[str, Any], g: Any) -> tuple[Any, Any]:
+    """An mHC site and an MHCHead (n=4, d=16), parameters moved off their init (every path carries gradient)."""
+    import torch
+    from hcref_torch.mhc_modules import ManifoldHyperConnections, MHCHead
+
+    site = ManifoldHyperConnections(4, 16, 1, **options)
+    head = MHCHead(4, 16, eps=options.get("eps", 0.0))
+    with torch.no_grad():
+        for p in [*site.parameters(), *head.parameters()]:
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    return site, head
+
+
+def _case_tp_options_mhc(rank: int, world: int, mesh: Any) -> dict[str, Any]:
+    """An mHC site (coefficients, pre, a tanh sublayer, post) and the MHCHead under every option, sharded vs
+    one process (float32 and float64)."""
+    import torch
+    from hcref_torch.parallel import WidthParallel, shard_width
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    results: dict[str, Any] = {}
+    g = torch.Generator().manual_seed(3)
+    f32, f64 = torch.float32, torch.float64
+    for name, options in _mhc_site_options():
+        site, head = _mhc_pair(options, g)
+        refs = {
+            dtype: (copy.deepcopy(site).to(dtype), copy.deepcopy(head).to(dtype))
+            for dtype in (torch.float32, torch.float64)
+        }
+        H = torch.randn(3, 5, 4, 16, generator=g)
+        cot = torch.randn(3, 5, 16, generator=g)
+        ref_out, ref_H = {}, {}
+        for dtype, (ref_site, ref_head) in refs.items():
+            H_ref = H.to(dtype, copy=True).requires_grad_()
+            ref_out[dtype] = ref_head(ref_site(H_ref, torch.tanh))
+            (ref_out[dtype] * cot.to(dtype)).sum().backward()
+            ref_H[dtype] = H_ref.grad
+        parallelize_module(site, mesh, WidthParallel())
+        parallelize_module(head, mesh, WidthParallel())
+        H_tp = H.clone().requires_grad_()
+        x = head(site(shard_width(H_tp, mesh), torch.tanh))
+        out = x.redistribute(mesh, [Replicate()]).to_local()
+        (out * cot).sum().backward()
+        errs: dict[str, Any] = {
+            "out": _metrics(out, ref_out[f32], ref_out[f64]),
+            "H": _metrics(H_tp.grad, ref_H[f32], ref_H[f64]),
+        }
+        for part, module in (("site", site), ("head", head)):
+            index = 0 if part == "site" else 1
+            for k, p in module.named_parameters():
+                grad32, grad64 = getattr(refs[f32][index], k).grad, getattr(refs[f64][index], k).grad
+                errs[f"{part}.{k}"] = _metrics(_full(p.grad), grad32, grad64)
+        errs["phi_placement"] = str(site.phi.placements) if "phi" in site.keys else "none"
+        results[name] = errs
+    return results
+
+
+def _case_tp_scale_mhc(rank: int, world: int, mesh: Any) -> dict[str, Any]:
+    """States of magnitude 1e30 (float32) whose largest entries lie on the first ranks' columns: the
+    flattened-n*d RMS scaling's cross-rank max. Coefficients, head and their VJPs against the NumPy
+    reference in float64."""
+    import numpy as np
+    import torch
+    from hcref_torch.parallel import shard_width, width_sharded_mhc_coeffs, width_sharded_mhc_head
+
+    import hcref
+
+    rng = np.random.default_rng(5)
+    results: dict[str, Any] = {}
+    n, d = 4, 16
+    group = mesh.get_group()
+    cols = slice(rank * d // world, (rank + 1) * d // world)
+    rows = np.concatenate([np.arange(i * d, (i + 1) * d)[cols] for i in range(n)])  # phi's rows of this rank
+    for eps in (0.0,):  # eps > 0 changes Sinkhorn, not the reductions over the width (tp_options covers it)
+        site = {k: v + 0.3 * rng.standard_normal(np.shape(v)) for k, v in hcref.init_mhc(n, d, 0).items()}
+        head = {k: v + 0.3 * rng.standard_normal(np.shape(v)) for k, v in hcref.init_mhc_head(n, d).items()}
+        H64 = rng.standard_normal((2, 3, n, d))
+        H64[..., : d // 2] *= 1e30
+        H64[..., d // 2 :] *= 1e29
+        coeffs64 = hcref.mhc_coeffs(H64, site, eps=eps)
+        g_coeffs = [rng.standard_normal(c.shape) for c in coeffs64]
+        g_H64, g_site64 = hcref.mhc_coeffs_vjp(H64, site, *g_coeffs, eps=eps)
+        x64 = hcref.mhc_head(H64, head, eps=eps)
+        g_x = rng.standard_normal(x64.shape)
+        g_Hh64, g_head64 = hcref.mhc_head_vjp(H64, head, g_x, eps=eps)
+
+        def local(params: dict[str, Any]) -> dict[str, Any]:
+            return {
+                k: torch.tensor(v[rows] if k == "phi" else v, dtype=torch.float32, requires_grad=True)
+                for k, v in params.items()
+            }
+
+        H = shard_width(torch.tensor(H64, dtype=torch.float32), mesh).to_local().requires_grad_()
+        p_site, p_head = local(site), local(head)
+        coeffs = width_sharded_mhc_coeffs(H, p_site, d=d, group=group, iters=20, eps=eps)
+        x = width_sharded_mhc_head(H, p_head, d=d, group=group, eps=eps)
+        # cotangents of the coefficients as partial sums over the shards, as mhc_pre / mhc_post produce them
+        loss = sum(torch.sum(c * torch.tensor(gc / world, dtype=torch.float32)) for c, gc in zip(coeffs, g_coeffs))
+        loss = loss + torch.sum(x * torch.tensor(g_x[..., cols], dtype=torch.float32))
+        loss.backward()
+        errs: dict[str, Any] = {
+            "finite": bool(all(torch.isfinite(c).all() for c in coeffs) and torch.isfinite(H.grad).all()),
+            **{f"coeff{i}": _err(c, torch.tensor(c64)) for i, (c, c64) in enumerate(zip(coeffs, coeffs64))},
+            "x": _err(x, torch.tensor(x64[..., cols])),
+            "H": _err(H.grad, torch.tensor((g_H64 + g_Hh64)[..., cols])),
+        }
+        for part, params, ref in (("site", p_site, g_site64), ("head", p_head, g_head64)):
+            for k, p in params.items():
+                errs[f"{part}.{k}"] = _err(p.grad, torch.tensor(ref[k][rows] if k == "phi" else ref[k]))
+        results[f"eps={eps}"] = errs
+    return results
+
+
+def _case_tp_bf16_mhc(rank: int, world: int, mesh: Any) -> dict[str, Any]:
+    """Mixed precision (D12): float32 parameters, bfloat16 state and sublayer output; site and head."""
+    import torch
+    from hcref_torch.parallel import WidthParallel, shard_width
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    g = torch.Generator().manual_seed(0)
+    site, head = _mhc_pair({}, g)
+    ref_site, ref_head = copy.deepcopy(site), copy.deepcopy(head)
+    H = torch.randn(3, 5, 4, 16, generator=g).bfloat16()
+    H_ref = H.clone().requires_grad_()
+    out_ref = ref_head(ref_site(H_ref, torch.tanh))
+    out_ref.float().sum().backward()
+    parallelize_module(site, mesh, WidthParallel())
+    parallelize_module(head, mesh, WidthParallel())
+    H_tp = H.clone().requires_grad_()
+    x = head(site(shard_width(H_tp, mesh), torch.tanh))
+    out = x.redistribute(mesh, [Replicate()]).to_local()
+    out.float().sum().backward()
+    result: dict[str, Any] = {"dtype": str(out.dtype), "ref_dtype": str(out_ref.dtype)}
+    result["out"] = _err(out, out_ref)
+    result["H"] = _err(H_tp.grad, H_ref.grad)
+    result["grads"] = {
+        f"{part}.{k}": _err(_full(p.grad), getattr(ref, k).grad)
+        for part, module, ref in (("site", site, ref_site), ("head", head, ref_head))
+        for k, p in module.named_parameters()
+    }
     return result
 
 
@@ -622,7 +811,7 @@ def _check_step(res: dict[str, Any]) -> None:
 def test_sharded_step_equals_single_process_step(results: dict[str, Any], plan: str, family: str) -> None:
     for res in _case(results, f"{plan}/{family}"):
         _check_step(res)
-        assert len(res["grads"]) == 2 * 9 + 2 * 6  # two sites of 9 parameters, two MLPs of 6
+        assert len(res["grads"]) == GRADS[family]  # every parameter: the sites', MHCHead's, the MLPs'
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -635,12 +824,12 @@ def test_sequence_parallel_communicates_only_gradients(results: dict[str, Any], 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fsdp_shards_all_but_the_gates(results: dict[str, Any], family: str) -> None:
     for res in _case(results, f"fsdp/{family}"):
-        gates = [k for k in res["grads"] if k.endswith(("s_alpha", "s_beta"))]
-        assert len(gates) == 4 and not set(gates) & set(res["sharded"])
-        assert len(res["sharded"]) == len(res["grads"]) - 4
+        gates = [k for k in res["grads"] if k.endswith(("s_alpha", "s_beta")) or k == "end.gate"]
+        assert len(gates) == (1 if family == "mhc" else 4) and not set(gates) & set(res["sharded"])
+        assert len(res["sharded"]) == len(res["grads"]) - len(gates)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ["hc", "fc"])
 def test_tensor_parallel_collectives_per_site(results: dict[str, Any], family: str) -> None:
     """The collectives of hcref_torch.parallel's plan, and no other, for a layernorm site (2 ranks).
 
@@ -672,7 +861,7 @@ def test_tensor_parallel_collectives_per_site(results: dict[str, Any], family: s
         assert "Replicate" in res["placements"]["A" if family == "fc" else "A_r"]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ["hc", "fc"])
 def test_tensor_parallel_every_option(results: dict[str, Any], family: str) -> None:
     for res in _case(results, f"tp_options/{family}"):
         assert len(res) == len(_site_options()) + 1  # and "seconds"
@@ -689,7 +878,7 @@ def test_tensor_parallel_every_option(results: dict[str, Any], family: str) -> N
 @pytest.mark.parametrize("family", FAMILIES)
 def test_tensor_parallel_scale_safe_norm_uses_the_global_row_max(results: dict[str, Any], family: str) -> None:
     for res in _case(results, f"tp_scale/{family}"):
-        for norm in ("layernorm", "rmsnorm"):
+        for norm in ("eps=0.0",) if family == "mhc" else ("layernorm", "rmsnorm"):
             errs = res[norm]
             assert errs["finite"], errs
             bad = {k: v for k, v in errs.items() if k != "finite" and v[1] > 1e-4}
@@ -704,14 +893,72 @@ def test_tensor_parallel_mixed_precision(results: dict[str, Any], family: str) -
         assert all(v[1] <= 1e-2 for v in res["grads"].values()), res["grads"]
 
 
+def test_mhc_tensor_parallel_collectives_per_site(results: dict[str, Any]) -> None:
+    """hcref_torch.parallel's mHC plan (4 ranks), and no other collective.
+
+    Site width: MAX of the token's max|vec(H)| (1 float per token), one SUM of [v phi | sum (v/s)^2]
+    (k + 1 = 2n + n^2 + 1 floats per token), then the all-gather of h0 (d); depth: the reduce-scatter of y
+    (d); backward: one SUM of the coefficients' cotangents (k per token) per site, and the sublayer's two (g_y,
+    g_h0: d per token). MHCHead: MAX (1) and SUM (n + 1) forward, SUM of w's cotangent (n) backward; its output
+    x (..., d) is sharded like one stream (gathering it costs d per token forward, nothing backward). No
+    collective carries the state H (n d per token).
+    """
+    n, d = 4, 16
+    k = 2 * n + n * n
+    lead = [BATCH, TIME]
+    tokens = BATCH * TIME
+    for res in _case(results, "tp/mhc"):
+        width = res["width"]
+        assert [op for op, _ in width] == ["allreduce_", "allreduce_", "all_gather_into_tensor"], width
+        assert [shapes[0] for _, shapes in width[:2]] == [[*lead, 1], [*lead, k + 1]], width
+        assert [op for op, _ in res["depth"]] == ["reduce_scatter_tensor"], res["depth"]
+        assert [(op, shapes[0]) for op, shapes in res["head"]] == [
+            ("allreduce_", [*lead, 1]),
+            ("allreduce_", [*lead, n + 1]),
+        ], res["head"]
+        backward = [(op, shapes[0]) for op, shapes in res["backward"]]
+        assert backward.count(("allreduce_", [*lead, k])) == 2, backward  # one per site
+        assert backward.count(("allreduce_", [*lead, n])) == 1, backward  # the head's
+        mine = (("allreduce_", [*lead, k]), ("allreduce_", [*lead, n]))
+        others = [math.prod(shape) for op, shape in backward if (op, shape) not in mine]
+        assert len(others) == 4, backward  # per site the sublayer's: g_y (all-gather), g_h0 (all-reduce)
+        assert max(others) <= tokens * d < tokens * n * d, backward  # at most d per token, never H
+        assert res["placements"]["phi"] == "(_StridedShard(dim=0, sf=4),)", res["placements"]
+        assert "Replicate" in res["placements"]["b"] and "Replicate" in res["placements"]["gates"]
+
+
+def test_mhc_tensor_parallel_every_option(results: dict[str, Any]) -> None:
+    for res in _case(results, "tp_options/mhc"):
+        assert len(res) == len(_mhc_site_options()) + 1  # and "seconds"
+        for name, errs in res.items():
+            if name == "seconds":
+                continue
+            assert errs.pop("phi_placement") in ("(_StridedShard(dim=0, sf=4),)", "none"), name
+            grads = [err for key, err in errs.items() if key not in ("out", "H")]
+            assert len(grads) == (6 if name != "static" else 4), (name, errs)
+            scale = max(err["scale"] for err in grads)
+            for key, err in errs.items():
+                assert _within_rounding(err, None if key in ("out", "H") else scale), (name, key, err)
+
+
 def test_fsdp_gpt_example_matches_one_process(tmp_path: Path) -> None:
     """``python examples/torch_gpt_fsdp.py --procs 2`` (FSDP2, gloo) prints the losses of the same loop in
-    one process, to float32 rounding."""
+    one process, to float32 rounding. mHC with the learned MHCHead (whose 0-dim gate FSDP2 leaves to
+    average_gradients) where examples/torch_gpt.py has an mhc mode, else HC (the step tests cover both)."""
     import importlib.util
 
     pytest.importorskip("torch")
+    spec = importlib.util.spec_from_file_location("torch_gpt_fsdp", ROOT / "examples" / "torch_gpt_fsdp.py")
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    try:
+        example.GPT(8, d=8, layers=1, heads=1, context=4, mode="mhc", rate=2, mhc_head=True)
+        mode = ["--mode", "mhc", "--mhc-head"]
+    except (ValueError, TypeError):  # examples/torch_gpt.py without the mhc mode (issue 11's examples)
+        mode = ["--mode", "hc"]
     losses_path = tmp_path / "losses.json"
-    cmd = [sys.executable, str(ROOT / "examples" / "torch_gpt_fsdp.py"), "--mode", "hc", "--procs", "2", "--steps", "2"]
+    cmd = [sys.executable, str(ROOT / "examples" / "torch_gpt_fsdp.py"), *mode, "--procs", "2", "--steps", "2"]
     proc = subprocess.run(
         [*cmd, "--losses", str(losses_path)],
         capture_output=True,
@@ -721,11 +968,7 @@ def test_fsdp_gpt_example_matches_one_process(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     sharded = json.loads(losses_path.read_text())
-    spec = importlib.util.spec_from_file_location("torch_gpt_fsdp", ROOT / "examples" / "torch_gpt_fsdp.py")
-    assert spec is not None and spec.loader is not None
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    single = example.run(0, 1, "hc", steps=2, verbose=False)
+    single = example.run(0, 1, mode[1], steps=2, verbose=False, mhc_head=len(mode) == 3)
     assert len(sharded) == len(single) == 2
     assert all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(sharded, single)), (sharded, single)
 

@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from hcref.optable import OPS
+from hcref.optable import MHC_OPS, OPS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,6 +40,11 @@ def test_conformance_suite_on_the_kernel_backend(tmp_path: Path) -> None:
     rows = {(row["op"], row["dtype"]): row["status"] for row in result["rows"]}
     for op in OPS:
         assert rows.get((op, "float32")) == "pass", f"{op}: {rows.get((op, 'float32'))}"
+    # the mHC ops, as soon as the suite's op table runs them (hcref.optable.MHC_OPS joining OPS):
+    # the kernel backend has sinkhorn, mhc_coeffs, mhc_pre, mhc_post on the kernels (mhc_head generic)
+    for op in MHC_OPS:
+        if any(name == op for name, _ in rows):
+            assert rows.get((op, "float32")) == "pass", f"{op}: {rows.get((op, 'float32'))}"
 
 
 def test_cuda_benchmark_quick_smoke_run() -> None:
@@ -50,15 +55,16 @@ def test_cuda_benchmark_quick_smoke_run() -> None:
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
     out = done.stdout
     for expected in ("device copy", "site bwd (passes 1 + 2)", "fused depth fwd (from H)", "plain residual",
-                     "lucidrains", "goal: HC site fwd+bwd", "fused site vs eager generic path"):
+                     "lucidrains", "goal: HC site fwd+bwd", "fused site vs eager generic path", "mhc coeffs bwd",
+                     "mhc post fwd", "mHC site fwd+bwd", "mhc float32", "mhc_coeffs "):
         assert expected in out, expected
-    errors = [float(part.split()[-1]) for line in out.splitlines() if line.startswith("  hc float32")
+    errors = [float(part.split()[-1]) for line in out.splitlines() if line.startswith(("  hc float32", "  mhc float32"))
               for part in line.split(":", 1)[1].split(",")]
     assert errors and max(errors) < 1e-5, out[-2000:]
 
 
 def test_kernels_compile_for_a_gpu_without_one() -> None:
-    """Every kernel of the bfloat16 HC training path goes through Triton's whole CUDA pipeline to
+    """Every kernel of the bfloat16 HC and mHC training paths goes through Triton's whole CUDA pipeline to
     an sm_90 cubin (ptxas included) with the GPU's block sizes: the GPU code paths compile here,
     where none can run (hcref_torch.kernels.compile_check)."""
     pytest.importorskip("triton")
@@ -68,7 +74,7 @@ def test_kernels_compile_for_a_gpu_without_one() -> None:
     if "No such file" in done.stderr and "ptxas" in done.stderr:
         pytest.skip("this triton install has no ptxas")
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
-    assert "11 kernels compiled for sm_90, 0 failed" in done.stdout, done.stdout[-3000:]
+    assert "22 kernels compiled for sm_90, 0 failed" in done.stdout, done.stdout[-3000:]
 
 
 _NO_TRITON = """

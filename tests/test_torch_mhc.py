@@ -227,3 +227,163 @@ def test_torch_compile_fullgraph_matches_eager() -> None:
     (g_compiled,) = torch.autograd.grad(compiled.square().sum(), [x])
     torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(g_compiled, g_eager, rtol=1e-6, atol=1e-6)
+
+
+# --- numerics as production uses them (issue 13): extreme scales, mixed precision, size 0, meta ---
+
+_SCALES = (1e-30, 1.0, 1e15, 1e20, 1e38)
+_POW2_SCALES = (2.0**-100, 2.0**50, 2.0**66, 2.0**126)
+"""About 1e-30, 1e15, 1e20 and 8.5e37 as powers of two: scaling by them commutes with rounding to
+the state's dtype, so scale-invariant results must not change (but for eps = 1e-6 at scale 1)."""
+
+
+def _scaled_inputs(name: str, n: int, d: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """H with max|H| = 1 and dynamic parameters whose projection columns sum to |phi| ~ 50: a state
+    of 1e38 then has ``|v phi|`` far above float32's 3.4e38, so an unscaled folded projection overflows."""
+    rng = np.random.default_rng(seed)
+    H, params = hcref.checks.random_inputs(name, rng, (3,), n, d)
+    params = {**params, "phi": 3.0 * rng.standard_normal(params["phi"].shape)}
+    return H / np.abs(H).max(), params
+
+
+@pytest.mark.parametrize("state", ["float32", "bfloat16"])
+@pytest.mark.parametrize("name", ["mhc_coeffs", "mhc_head"])
+def test_flattened_rms_is_scale_safe(name: str, state: str) -> None:
+    """D12: for H scaled by 1e-30 .. 1e38 (float32 parameters on a float32 or bfloat16 state) the
+    outputs equal the float64 reference on the same rounded values within the float32 tolerances
+    (coefficients: computed in float32; the head's x: rounded to the state's dtype), the parameter
+    gradients equal the reference VJP, the state's gradient is finite, and the coefficients of
+    every scale >= 1 equal those of scale 1 (they are scale-invariant but for eps = 1e-6)."""
+    from hcref.tolerances import tolerance
+
+    n, d = 4, 8
+    H, params = _scaled_inputs(name, n, d, seed=70)
+    bp = mc.native(backend, params, "float32")
+    out_dtype = "float32" if name == "mhc_coeffs" else state
+    tol = tolerance(out_dtype, "forward", contraction=n * d)
+    gtol = tolerance("float32", "gradient", contraction=n * d)
+    for scale in _SCALES:
+        bH = mc.native(backend, H * scale, state)
+        got = mc.outs(getattr(ops, name)(bH, bp))
+        ref = mc.outs(getattr(hcref, name)(mc.f64(backend, bH), mc.f64(backend, bp)))
+        assert all(backend.dtype_name(g) == out_dtype for g in got), (name, scale)
+        got64 = [mc.f64(backend, g) for g in got]
+        assert all(np.isfinite(g).all() for g in got64), (name, scale)
+        assert mc.error_ratio(got64, list(ref), tol.rtol, tol.atol * scale) <= 1, (name, scale)
+        rng = np.random.default_rng(71)
+        cots = [mc.native(backend, rng.standard_normal(r.shape), out_dtype) for r in ref]
+        g_H, g_p = backend.vjp(lambda H_, p_: getattr(ops, name)(H_, p_), [bH, bp], cots)
+        assert backend.dtype_name(g_H) == state and np.isfinite(mc.f64(backend, g_H)).all(), (name, scale)
+        expected = mc.reference_vjp(name, (mc.f64(backend, bH), mc.f64(backend, bp)),
+                                    [mc.f64(backend, c) for c in cots], {})
+        keys = sorted(expected[1])
+        got_p = [mc.f64(backend, g_p[k]) for k in keys]
+        assert all(np.isfinite(g).all() for g in got_p), (name, scale)
+        assert mc.error_ratio(got_p, [expected[1][k] for k in keys], gtol.rtol, gtol.atol) <= 1, (name, scale)
+    if name == "mhc_coeffs":
+        at_one = [mc.f64(backend, g) for g in ops.mhc_coeffs(mc.native(backend, H, state), bp)]
+        for scale in _POW2_SCALES[1:]:
+            got64 = [mc.f64(backend, g) for g in ops.mhc_coeffs(mc.native(backend, H * scale, state), bp)]
+            assert mc.error_ratio(got64, at_one, tol.rtol, tol.atol) <= 1, ("scale-invariance", scale)
+
+
+def test_modules_keep_a_bfloat16_state_with_float32_parameters() -> None:
+    """D12 / issue 13 case 3: a float32 mHC site and head on a bfloat16 stream with a bfloat16
+    sublayer: h0, H_out and x stay bfloat16 (the sublayer sees its own dtype), the coefficients are
+    float32, gradients come back in each input's dtype, and H_out equals the float64 reference site
+    on the same rounded values within bfloat16's tolerance."""
+    from hcref.tolerances import tolerance
+
+    torch.manual_seed(8)
+    n, d = 4, 8
+    site, head = ManifoldHyperConnections(n, d, 2), MHCHead(n, d)
+    _perturb(site, 3)
+    _perturb(head, 4)
+    branch = torch.nn.Linear(d, d).to(torch.bfloat16)
+    H = torch.randn(2, 3, n, d).to(torch.bfloat16).requires_grad_(True)
+    h0, state = site.width(H)
+    assert h0.dtype == torch.bfloat16 and {c.dtype for c in state[1:]} == {torch.float32}
+    y = branch(h0)
+    H_out = site.depth(y, state)
+    x = head(H_out)
+    assert H_out.dtype == x.dtype == torch.bfloat16
+    grads = torch.autograd.grad(x.float().square().sum(), [H, *site.parameters(), *head.parameters()])
+    assert grads[0].dtype == torch.bfloat16 and all(g.dtype == torch.float32 for g in grads[1:])
+    assert all(torch.isfinite(g).all() for g in grads)
+    p64 = {k: v.detach().double().numpy() for k, v in site.params().items()}
+    H64, y64 = H.detach().double().numpy(), y.detach().double().numpy()
+    h_pre, h_post, h_res = hcref.mhc_coeffs(H64, p64)
+    ref = hcref.mhc_post(y64, H64, h_post, h_res)
+    tol = tolerance("bfloat16", "forward", contraction=n)
+    assert mc.error_ratio([H_out.detach().double().numpy()], [ref], tol.rtol, tol.atol) <= 1
+    ctol = tolerance("float32", "forward", contraction=n * d)
+    for got, want in ((state.h_post, h_post), (state.h_res, h_res)):
+        assert mc.error_ratio([got.detach().double().numpy()], [want], ctol.rtol, ctol.atol) <= 1
+    np.testing.assert_allclose(h0.detach().double().numpy(), hcref.mhc_pre(H64, h_pre), rtol=2**-7, atol=2**-7)
+
+
+@pytest.mark.parametrize("lead", [(0,), (2, 0)])
+def test_modules_on_size_zero_leading_axes(lead: tuple[int, ...]) -> None:
+    """Empty batches: empty outputs and exactly zero parameter gradients (a sum over no tokens)."""
+    n, d = 3, 4
+    site, head = ManifoldHyperConnections(n, d, 0), MHCHead(n, d, eps=1e-6)
+    branch = torch.nn.Linear(d, d)
+    H = torch.randn(*lead, n, d, requires_grad=True)
+    x = head(site(H, branch))
+    assert tuple(x.shape) == (*lead, d)
+    params = [*site.parameters(), *head.parameters(), *branch.parameters()]
+    grads = torch.autograd.grad(x.sum(), [H, *params])
+    assert tuple(grads[0].shape) == tuple(H.shape)
+    assert all(g.shape == p.shape and not g.any() for g, p in zip(grads[1:], params, strict=True))
+
+
+def test_ops_and_modules_on_the_meta_device() -> None:
+    """Issue 13 case 4: shapes and dtypes (D12) on ``device="meta"``, ops and modules, forward and backward."""
+    meta = torch.device("meta")
+    n, d = 4, 8
+    H = torch.empty(2, 3, n, d, device=meta, dtype=torch.bfloat16)
+    p = {k: torch.empty(v.shape, device=meta) for k, v in hcref.init_mhc(n, d, 0).items()}
+    static = {"b": p["b"]}
+    for params in (p, static):
+        h_pre, h_post, h_res = ops.mhc_coeffs(H, params, eps=1e-6)
+        assert (h_pre.shape, h_post.shape, h_res.shape) == ((2, 3, n), (2, 3, n), (2, 3, n, n))
+        assert {h_pre.dtype, h_post.dtype, h_res.dtype} == {torch.float32} and h_res.device == meta
+    assert ops.sinkhorn(torch.empty(5, n, n, device=meta, dtype=torch.float16)).dtype == torch.float16
+    h0 = ops.mhc_pre(H, h_pre)
+    assert h0.shape == (2, 3, d) and h0.dtype == torch.bfloat16 and h0.device == meta
+    H_out = ops.mhc_post(h0, H, h_post, h_res)
+    assert H_out.shape == H.shape and H_out.dtype == torch.bfloat16
+    ph = {k: torch.empty(v.shape, device=meta) for k, v in hcref.init_mhc_head(n, d).items()}
+    x = ops.mhc_head(H, ph)
+    assert x.shape == (2, 3, d) and x.dtype == torch.bfloat16
+    site, head = ManifoldHyperConnections(n, d, 1, device=meta), MHCHead(n, d, device=meta)
+    assert all(t.device == meta for t in (*site.parameters(), *head.parameters()))
+    Hg = H.clone().requires_grad_(True)
+    out = head(site(Hg, lambda h: h * 2))
+    assert out.shape == (2, 3, d) and out.dtype == torch.bfloat16 and out.device == meta
+    out.float().sum().backward()
+    assert Hg.grad is not None and Hg.grad.shape == H.shape and Hg.grad.dtype == torch.bfloat16
+    assert site.phi.grad is not None and site.phi.grad.shape == site.phi.shape and site.phi.grad.device == meta
+
+
+def test_module_coefficients_are_scale_invariant_at_extreme_states() -> None:
+    """A site at states of about 1e-30, 1e15 and 1e20 (bfloat16 state, float32 module): H_out and
+    every gradient finite; the coefficients (MHCState) at scales >= 1 equal those at scale 1. (Near
+    1e38 the exact gradient of h_res, a sum of d products with H, itself exceeds float32's range.)"""
+    torch.manual_seed(9)
+    n, d = 4, 8
+    site = ManifoldHyperConnections(n, d, 0)
+    _perturb(site, 5)
+    H = torch.randn(3, n, d)
+    _, base = site.width(H.to(torch.bfloat16))
+    for scale in _POW2_SCALES[:3]:
+        Hs = (H / H.abs().max() * scale).to(torch.bfloat16).requires_grad_(True)
+        h0, state = site.width(Hs)
+        out = site.depth(h0, state)
+        grads = torch.autograd.grad(out.float().sum(), [Hs, *site.parameters()])
+        assert torch.isfinite(out.float()).all() and all(torch.isfinite(g.float()).all() for g in grads), scale
+        if scale > 1:
+            _, ref = site.width((H / H.abs().max()).to(torch.bfloat16))
+            for got, want in zip(state[1:], ref[1:], strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert base.h_res.dtype == torch.float32

@@ -179,3 +179,47 @@ def test_at_init_hc_is_n_times_the_prenorm_residual_and_fc_is_equal(n: int) -> N
     for block in blocks:
         F = FracConnections(3, d, norm="rmsnorm", dtype=torch.float64)(F, block)
     torch.testing.assert_close(FracMerge()(F), residual)
+
+
+def test_modules_are_built_on_the_framework_free_plans() -> None:
+    """Issue 11's structure: each HC/FC module holds the plan of hcref.connections (same keys,
+    repr and options as the constructor), its parameters in the plan's order."""
+    from hcref import connections
+
+    hc = HyperConnections(3, 8, 2, norm="rmsnorm", use_tanh=False)
+    assert hc.plan == connections.hc_plan(3, 8, 2, norm="rmsnorm", use_tanh=False)
+    assert repr(hc) == (
+        "HyperConnections(n=3, d=8, layer_index=2, dynamic=True, norm='rmsnorm', use_tanh=False, use_norm=True, "
+        "use_scale=True)"
+    )
+    assert list(hc.state_dict()) == list(hc.keys) == list(hc.plan.keys)
+    assert (hc.n, hc.d, hc.layer_index, hc.dynamic, hc.norm, hc.use_tanh, hc.use_norm, hc.use_scale) == (
+        3, 8, 2, True, "rmsnorm", False, True, True,
+    )
+    fc = FracConnections(2, 8, dynamic=False)
+    assert fc.plan == connections.fc_plan(2, 8, dynamic=False)
+    assert repr(fc) == (
+        "FracConnections(m=2, d=8, dynamic=False, norm='layernorm', use_tanh=True, use_norm=True, use_scale=True)"
+    )
+    assert list(fc.state_dict()) == ["Y", "A", "B"]
+    assert hcref_torch.SiteState is connections.SiteState
+
+
+def test_module_state_errors_name_the_module() -> None:
+    """A state of the wrong shape fails with the module's own message (hcref.connections), before any op."""
+    hc, fc = HyperConnections(4, 32, 0), FracConnections(4, 32)
+    with pytest.raises(ValueError) as err:
+        hc.width(torch.zeros(2, 32))
+    assert str(err.value) == (
+        "HyperConnections(n=4, d=32, layer_index=0): expected H of shape (..., 4, 32) (n=4 streams of width d=32), "
+        "got shape (2, 32); this looks like the embedding x (..., d=32) rather than n=4 streams: expand it first, "
+        "H = Expand(4)(x), and reduce the streams at the end with Reduce()"
+    )
+    with pytest.raises(ValueError, match=r"^FracConnections\(m=4, d=32\): expected H of shape \(\.\.\., 4, 8\)"):
+        fc(torch.zeros(2, 32), torch.nn.Identity())
+    _, state = hc.width(torch.zeros(2, 4, 32))
+    with pytest.raises(ValueError, match=r"^HyperConnections\(n=4, d=32, layer_index=0\)\.depth: expected the "
+                                         r"branch output y of shape \(2, 32\)"):
+        hc.depth(torch.zeros(3, 32), state)
+    with pytest.raises(TypeError, match=r"^H: expected a torch\.Tensor, got ndarray$"):
+        hc.width(np.zeros((2, 4, 32)))  # type: ignore[arg-type]

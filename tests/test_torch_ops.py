@@ -182,3 +182,22 @@ def test_scale_safe_norm_functions_against_finite_differences(norm: str) -> None
         fn = ops._LayerNormHat.apply
     assert torch.autograd.gradcheck(fn, inputs)
     assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+def test_backend_and_package_carry_every_reference_op() -> None:
+    """The backend object and the package export every op of ``hcref.optable.ALL_OPS`` (mHC
+    included) with the reference's arguments, kinds and defaults."""
+    import inspect
+
+    from hcref.optable import ALL_OPS
+
+    for name in ALL_OPS:
+        reference = inspect.signature(getattr(hcref, name)).parameters
+        for owner in (backend, hcref_torch):
+            ported = inspect.signature(getattr(owner, name)).parameters
+            assert list(ported) == list(reference), name
+            for arg, param in reference.items():
+                assert (ported[arg].kind, ported[arg].default) == (param.kind, param.default), (name, arg)
+        assert name in hcref_torch.__all__
+    for cls in ("ManifoldHyperConnections", "MHCHead"):
+        assert cls in hcref_torch.__all__ and isinstance(getattr(hcref_torch, cls), type)

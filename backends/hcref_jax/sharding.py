@@ -1,5 +1,5 @@
 # mypy: disable-error-code="no-untyped-call,no-any-return"
-"""Hyper-Connections and Frac-Connections on a device mesh: ``jax.jit`` with ``NamedSharding``, and ``shard_map``.
+"""HC, FC and mHC on a device mesh: ``jax.jit`` with ``NamedSharding``, and ``shard_map``.
 
 Named dims: ``...`` token axes (batch, time), ``k`` rows of the state (HC: n streams, FC: m fractions),
 ``w`` their width (HC: d, FC: e = d/m), ``c`` coefficient columns (HC: n+1, FC: 2m).
@@ -51,6 +51,25 @@ replicated and slices its fraction columns, so its cotangent is an all-reduce (d
 bytes). The network's ends: :meth:`MeshPlan.expand` / :meth:`MeshPlan.frac_split` enter the layout at
 the cost of x (never of the n copies), :meth:`MeshPlan.reduce` stays sharded, :meth:`MeshPlan.frac_merge`
 gathers the state (d per token).
+
+mHC (``ManifoldHyperConnections``, ``MHCHead``; methods ``mhc_coeffs``, ``mhc_pre``, ``mhc_post``,
+``mhc_head`` and ``width`` / ``depth`` / ``site`` / ``head`` for the modules). Tokens sharded: the plain
+modules partition by themselves. Width sharded: the plain ops flatten H to ``vec(H) (..., n*d)``, an axis
+whose minor part is sharded, which no ``NamedSharding`` expresses, so automatic partitioning all-gathers
+the whole state; the ``shard_map`` versions do not. ``phi (n*d, k)`` stays replicated (its rows interleave
+the width shards: row ``i*d + c`` reads stream i, column c) and each shard reads ``phi.reshape(n, d, k)``'s
+slice for its columns; ``b``, ``gates``, ``gate`` are replicated. With ``k = 2n + n^2``, per token and
+site::
+
+    forward   pmax   max|vec(H)|                         1         scale-safe RMS (D12); no backward
+              psum   [vec(H) phi | sum (vec(H)/s)^2]     k + 1     one all-reduce; then gates and bias
+              (the sigmoids and Sinkhorn act on the replicated logits outside the shard_map)
+    backward  psum   cotangent of h_pre                  n         at mhc_pre
+              psum   cotangents of h_post, h_res         n + n^2   at mhc_post (XLA's combiner may merge them)
+
+plus h0's all-gather (d) and y's cotangent (d), as HC. ``MHCHead``: pmax 1 and psum n + 1 forward, psum n
+backward; x (..., d) comes out sharded like one stream. Once per step, phi's gradient (n d k floats) is
+all-gathered over the model axis (phi is replicated).
 """
 
 from __future__ import annotations
@@ -66,9 +85,13 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from hcref import validation as v
+from hcref.connections import MHCState
+from hcref.mhc import RMS_EPS
 from hcref.norms import LAYERNORM_EPS, RMSNORM_EPS
+from hcref.sinkhorn_knopp import ITERS
 
-from . import ops
+from . import mhc, ops
+from .mhc_modules import PlannedModule
 from .modules import FracConnections, HyperConnections, SiteState
 
 Array = jax.Array
@@ -146,6 +169,55 @@ def _sharded_coeffs_local(
     alpha = u_alpha + static_alpha.astype(ct)
     beta = u_beta + static_beta.astype(ct)
     return alpha.astype(out_dtype), beta.astype(out_dtype)
+
+
+# --- mHC: the flattened n*d vector with d sharded ------------------------------------------------------
+
+
+def _mhc_project_local(H: Array, phi: Array, *, axis: str | None, d: int) -> Array:
+    """``z = rms(vec(H)) phi`` (``hcref_jax.mhc``'s folded, scale-safe form, D12) from the local columns
+    ``H (..., n, d_local)`` and the matching rows ``phi (n, d_local, k)``, with the reductions over the
+    flattened ``n*d`` vector completed over ``axis``::
+
+        s     = row_scale(pmax(max|v_local|))                     1 float per token, no backward
+        [P|Q] = psum([v_local phi_local | sum (v_local / s)^2])    k + 1 floats per token (one all-reduce)
+        z     = P / s * (Q / (n d) + 1e-6 / s / s)^(-1/2)          identical on every shard
+    """
+    n, w = H.shape[-2], H.shape[-1]
+    vec = H.reshape(*H.shape[:-2], n * w)
+    amax = jax.lax.stop_gradient(jnp.max(jnp.abs(vec), axis=-1, keepdims=True))
+    s = _row_scale(jax.lax.pmax(amax, axis) if axis is not None else amax)
+    xs = vec / s
+    hi = jax.lax.Precision.HIGHEST
+    parts = jnp.concatenate(
+        [jnp.matmul(vec, phi.reshape(n * w, -1), precision=hi), jnp.sum(xs * xs, axis=-1, keepdims=True)], axis=-1
+    )
+    total = jax.lax.psum(parts, axis) if axis is not None else parts
+    r = jax.lax.rsqrt(total[..., -1:] / (n * d) + RMS_EPS / s / s)
+    return total[..., :-1] / s * r
+
+
+def _mhc_logits_local(H: Array, phi: Array, b: Array, gates: Array, *, axis: str | None, d: int) -> Array:
+    """The logits ``[gates[0] z_pre + b_pre | gates[1] z_post + b_post | gates[2] z_res + b_res]`` (..., 2n+n^2)
+    of ``hcref_jax.mhc.mhc_coeffs`` (dynamic) from the local columns, in the compute dtype (D12); identical on
+    every shard of ``axis``. The sigmoids and Sinkhorn are applied to them outside the shard_map."""
+    n = H.shape[-2]
+    ct = ops.compute_dtype(jnp.result_type(H.dtype, phi.dtype, b.dtype, gates.dtype))
+    z = _mhc_project_local(H.astype(ct), phi.astype(ct), axis=axis, d=d)
+    per_column = jnp.repeat(gates.astype(ct), jnp.array([n, n, n * n]), total_repeat_length=2 * n + n * n)
+    return z * per_column + b.astype(ct)
+
+
+def _mhc_head_local(H: Array, phi: Array, b: Array, gate: Array, *, axis: str | None, d: int, eps: float) -> Array:
+    """``hcref_jax.mhc.mhc_head`` on the local columns: x (..., d_local) sharded like one stream."""
+    ct = ops.compute_dtype(jnp.result_type(H.dtype, phi.dtype, b.dtype, gate.dtype))
+    Hc = H.astype(ct)
+    z = _mhc_project_local(Hc, phi.astype(ct), axis=axis, d=d)
+    w = jax.nn.sigmoid(z * gate.astype(ct) + b.astype(ct)) + eps
+    if axis is not None:  # the invariant weights meet the local columns: their cotangent is psum'd
+        w = jax.lax.pcast(w, axis, to="varying")
+    x = jnp.einsum("...i,...ic->...c", w, Hc, precision=jax.lax.Precision.HIGHEST)
+    return x.astype(H.dtype)
 
 
 @dataclass(frozen=True)
@@ -235,9 +307,12 @@ class MeshPlan:
         return {key: jax.device_put(value, NamedSharding(self.mesh, specs[key])) for key, value in params.items()}
 
     def shard_module(self, module: nnx.Module) -> None:
-        """Place the parameters of every ``HyperConnections`` / ``FracConnections`` inside ``module`` (in place)."""
+        """Place the parameters of every ``HyperConnections`` / ``FracConnections`` / ``ManifoldHyperConnections``
+        / ``MHCHead`` inside ``module`` (in place). mHC's parameters are all replicated: ``phi``'s rows
+        interleave the width shards (row ``i*d + c`` reads stream i, column c), which a ``NamedSharding`` of
+        the flat ``(n*d, k)`` array cannot express; each shard reads its rows of the replicated array."""
         for _, node in nnx.iter_graph(module):
-            if isinstance(node, (HyperConnections, FracConnections)):
+            if isinstance(node, (HyperConnections, FracConnections, PlannedModule)):
                 for key, value in self.shard_params(node.params()).items():
                     getattr(node, key).set_value(value)
 
@@ -366,10 +441,110 @@ class MeshPlan:
         """:func:`hcref_jax.fc_depth` on the local columns; ``y (..., d)`` in any layout (taken replicated)."""
         return self._depth("fc", y, H_res, beta)
 
+    # --- mHC (shard_map; the contract's signatures) -------------------------------------------------
+
+    def _stream_spec(self, ndim: int) -> PartitionSpec:
+        """One stream ``(..., d)`` laid out like a row of the state: tokens on ``data``, d on ``model``."""
+        return P(*self._lead(ndim - 1), self.model)
+
+    def _phi_rows(self, phi: Any, n: int, d: int) -> Array:
+        """``phi (n*d, k)`` viewed as ``(n, d, k)``, the width on ``model``: each shard's rows for its columns
+        of every stream (a slice of the replicated array; its gradient is gathered once per step)."""
+        return self._reshard(jnp.asarray(phi).reshape(n, d, -1), P(None, self.model, None))
+
+    def mhc_coeffs(
+        self, H: Array, params: Mapping[str, Array], *, iters: int = ITERS, eps: float = 0.0
+    ) -> tuple[Array, Array, Array]:
+        """:func:`hcref_jax.mhc.mhc_coeffs` with H sharded as :meth:`state_spec`: h_pre (..., n), h_post (..., n),
+        h_res (..., n, n) replicated over ``model`` (collectives in the module docstring). The logits come from
+        a shard_map (the reductions over the flattened n*d vector); the sigmoids and Sinkhorn, a few dozen
+        numbers per token, act on them outside it, partitioned over the tokens like the logits."""
+        metas = (
+            {key: ops.meta(f"params[{key!r}]", value) for key, value in params.items()}
+            if isinstance(params, Mapping)
+            else {}
+        )
+        n, d, dynamic = v.check_mhc_coeffs(ops.meta("H", H), params, metas, iters, eps)
+        if not dynamic or self.model is None:  # no reduction over a sharded width: the plain op partitions
+            return mhc.mhc_coeffs(H, params, iters=iters, eps=eps)
+        p = {key: jnp.asarray(value) for key, value in params.items()}
+        out = jnp.result_type(H.dtype, *(value.dtype for value in p.values()))
+        local = partial(_mhc_logits_local, axis=self.model, d=d)
+        phi_spec = P(None, self.model, None)
+        f = self._smap(local, (self.state_spec(H.ndim), phi_spec, P(), P()), self._spec(H.ndim - 1, 1))
+        H = self._reshard(jnp.asarray(H), self.state_spec(H.ndim))
+        logits = f(H, self._phi_rows(p["phi"], n, d), self._reshard(p["b"], P()), self._reshard(p["gates"], P()))
+        pre, post, res = logits[..., :n], logits[..., n : 2 * n], logits[..., 2 * n :]
+        h_res = mhc.sinkhorn(res.reshape(*res.shape[:-1], n, n), iters=iters, eps=eps)
+        return (jax.nn.sigmoid(pre) + eps).astype(out), (2 * jax.nn.sigmoid(post)).astype(out), h_res.astype(out)
+
+    def mhc_pre(self, H: Array, h_pre: Array) -> Array:
+        """:func:`hcref_jax.mhc.mhc_pre` on the local columns; h0 (..., d) is returned replicated over ``model``."""
+        v.check_mhc_pre(ops.meta("H", H), ops.meta("h_pre", h_pre))
+        axis = self.model
+        if axis is None:
+            return mhc.mhc_pre(H, h_pre)
+
+        def local(H: Array, h_pre: Array) -> Array:
+            h_pre = jax.lax.pcast(h_pre, axis, to="varying")  # meets the local columns: cotangent psum'd
+            h0 = mhc.mhc_pre(H, h_pre)
+            return jax.lax.all_gather(h0, axis, axis=h0.ndim - 1, tiled=True, to="invarying")
+
+        spec = self._spec(h_pre.ndim, 1)
+        f = self._smap(local, (self.state_spec(H.ndim), spec), self._spec(H.ndim - 1, 1))
+        return f(self._reshard(H, self.state_spec(H.ndim)), self._reshard(h_pre, spec))
+
+    def mhc_post(self, y: Array, H: Array, h_post: Array, h_res: Array) -> Array:
+        """:func:`hcref_jax.mhc.mhc_post` on the local columns; ``y (..., d)`` is taken sharded like one stream
+        (a slice of a replicated ``y``, or XLA's reduce-scatter of a partial one)."""
+        v.check_mhc_post(ops.meta("y", y), ops.meta("H", H), ops.meta("h_post", h_post), ops.meta("h_res", h_res))
+        axis = self.model
+        if axis is None:
+            return mhc.mhc_post(y, H, h_post, h_res)
+
+        def local(y: Array, H: Array, h_post: Array, h_res: Array) -> Array:
+            h_post = jax.lax.pcast(h_post, axis, to="varying")
+            h_res = jax.lax.pcast(h_res, axis, to="varying")
+            return mhc.mhc_post(y, H, h_post, h_res)
+
+        specs = (
+            self._stream_spec(y.ndim),
+            self.state_spec(H.ndim),
+            self._spec(h_post.ndim, 1),
+            self._spec(h_res.ndim, 2),
+        )
+        f = self._smap(local, specs, self.state_spec(H.ndim))
+        return f(*(self._reshard(a, spec) for a, spec in zip((y, H, h_post, h_res), specs)))
+
+    def mhc_head(self, H: Array, params: Mapping[str, Array], *, eps: float = 0.0) -> Array:
+        """:func:`hcref_jax.mhc.mhc_head` on the local columns: x (..., d) sharded over ``model`` like one
+        stream (collectives in the module docstring)."""
+        metas = (
+            {key: ops.meta(f"params[{key!r}]", value) for key, value in params.items()}
+            if isinstance(params, Mapping)
+            else {}
+        )
+        n, d = v.check_mhc_head(ops.meta("H", H), params, metas, eps)
+        if self.model is None:
+            return mhc.mhc_head(H, params, eps=eps)
+        p = {key: jnp.asarray(value) for key, value in params.items()}
+        local = partial(_mhc_head_local, axis=self.model, d=d, eps=float(eps))
+        specs = (self.state_spec(H.ndim), P(None, self.model, None), P(), P())
+        f = self._smap(local, specs, self._stream_spec(H.ndim - 1))
+        H = self._reshard(jnp.asarray(H), self.state_spec(H.ndim))
+        return f(H, self._phi_rows(p["phi"], n, d), self._reshard(p["b"], P()), self._reshard(p["gate"], P()))
+
     # --- the NNX modules ------------------------------------------------------------------------
 
-    def width(self, module: HyperConnections | FracConnections, H: Array) -> tuple[Array, SiteState]:
-        """``module.width(H)`` with H sharded as :meth:`state_spec`: h0 (..., d) replicated over ``model``."""
+    def width(self, module: Any, H: Array) -> tuple[Array, Any]:
+        """``module.width(H)`` with H sharded as :meth:`state_spec`: h0 (..., d) replicated over ``model``
+        (``HyperConnections`` / ``FracConnections``: ``SiteState``; ``ManifoldHyperConnections``: ``MHCState``)."""
+        plan: Any = getattr(module, "plan", None)
+        if getattr(plan, "family", None) == "mhc":
+            plan.check_state(ops.meta("H", H))
+            H = self._reshard(H, self.state_spec(H.ndim))
+            h_pre, h_post, h_res = self.mhc_coeffs(H, module.params(), **plan.kwargs)
+            return self.mhc_pre(H, h_pre), MHCState(H, h_post, h_res)
         options = {
             "norm": module.norm,
             "use_tanh": module.use_tanh,
@@ -382,13 +557,21 @@ class MeshPlan:
         h0, H_res = self._width(family, H, alpha)
         return h0, SiteState(H_res, beta)
 
-    def depth(self, module: HyperConnections | FracConnections, y: Array, state: SiteState) -> Array:
+    def depth(self, module: Any, y: Array, state: Any) -> Array:
         """``module.depth(y, state)`` on the local columns."""
+        if isinstance(state, MHCState):
+            module.plan.check_branch_output(ops.meta("y", y), tuple(state.H.shape[:-2]))
+            return self.mhc_post(y, state.H, state.h_post, state.h_res)
         return self._depth(module.family, y, state.H_res, state.beta)
+
+    def head(self, module: Any, H: Array) -> Array:
+        """``MHCHead``'s ``module(H)`` on the local columns: x (..., d) sharded over ``model`` like one stream."""
+        module.plan.check_state(ops.meta("H", H))
+        return self.mhc_head(H, module.params(), **module.plan.kwargs)
 
     def site(
         self,
-        module: HyperConnections | FracConnections,
+        module: Any,
         H: Array,
         branch: Callable[..., Array],
         *args: Any,

@@ -1,7 +1,13 @@
-"""hcref_torch: Hyper-Connections and Frac-Connections for PyTorch.
+"""hcref_torch: Hyper-Connections, Frac-Connections and Manifold-Constrained Hyper-Connections
+for PyTorch.
 
-Functional ops with the reference's names, shapes and errors (:mod:`hcref_torch.ops`), drop-in
-modules (:mod:`hcref_torch.modules`) and the conformance backend object ``backend``.
+Functional ops with the reference's names, shapes and errors (HC/FC: :mod:`hcref_torch.ops`;
+mHC: :mod:`hcref_torch.mhc`), drop-in modules (:mod:`hcref_torch.modules`,
+:mod:`hcref_torch.mhc_modules`) and the conformance backend object ``backend``. On CUDA tensors the
+HC/FC ops and modules run the fused Triton kernels of :mod:`hcref_torch.kernels` when Triton is
+importable and the call is supported (``HCREF_TORCH_KERNELS=0`` or
+``hcref_torch.kernels.set_enabled(False)`` keeps the generic path); CPU tensors, and every call
+the kernels do not take, run the generic torch ops.
 """
 
 try:  # a clear message when the extra was not installed (the framework comes with `hcref[torch]`)
@@ -17,6 +23,8 @@ except ModuleNotFoundError as _exc:
     ) from None
 
 from ._backend import TorchBackend
+from .mhc import mhc_coeffs, mhc_head, mhc_post, mhc_pre, sinkhorn
+from .mhc_modules import ManifoldHyperConnections, MHCHead
 from .modules import Expand, FracConnections, FracMerge, FracSplit, HyperConnections, Reduce, SiteState
 from .ops import (
     expand,
@@ -40,6 +48,8 @@ __all__ = [
     "FracMerge",
     "FracSplit",
     "HyperConnections",
+    "MHCHead",
+    "ManifoldHyperConnections",
     "Reduce",
     "SiteState",
     "TorchBackend",
@@ -53,5 +63,10 @@ __all__ = [
     "hc_coeffs",
     "hc_depth",
     "hc_width",
+    "mhc_coeffs",
+    "mhc_head",
+    "mhc_post",
+    "mhc_pre",
     "reduce",
+    "sinkhorn",
 ]

@@ -1,4 +1,5 @@
-"""``TorchBackend``: the ops of :mod:`hcref_torch.ops` behind :class:`hcref.interface.Backend`."""
+"""``TorchBackend``: the ops of :mod:`hcref_torch.ops` and :mod:`hcref_torch.mhc` (every op of
+:data:`hcref.optable.ALL_OPS`) behind :class:`hcref.interface.Backend`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 import hcref
 
-from . import ops
+from . import mhc, ops
 
 _DTYPES = {
     "float64": torch.float64,
@@ -37,6 +38,11 @@ class TorchBackend:
     fc_coeffs = staticmethod(ops.fc_coeffs)
     fc_width = staticmethod(ops.fc_width)
     fc_depth = staticmethod(ops.fc_depth)
+    sinkhorn = staticmethod(mhc.sinkhorn)
+    mhc_coeffs = staticmethod(mhc.mhc_coeffs)
+    mhc_pre = staticmethod(mhc.mhc_pre)
+    mhc_post = staticmethod(mhc.mhc_post)
+    mhc_head = staticmethod(mhc.mhc_head)
 
     def capabilities(self) -> list[tuple[str, str]]:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

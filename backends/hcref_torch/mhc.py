@@ -13,15 +13,15 @@ coefficients for float32 parameters on a bfloat16 state), ``mhc_pre`` and ``mhc_
 dtype, ``mhc_post`` to ``promote(y, H)``. Autocast is switched off inside the ops.
 
 RMS scaling of the flattened state, folded after the projection (mHC paper Eqs. 14-15 reorder
-it so): with ``v = vec(H)`` (n*d) and the power-of-two row scale ``s`` of
-:func:`hcref.norms.row_scale`, ``r' = (mean((v/s)^2) + 1e-6/s/s)^(-1/2)`` and
-``z = ((v phi) / s) r'``, which equals the reference's ``rms(v) phi`` in real arithmetic and
-is computed scale-safely (``s`` keeps the sum of squares finite; ``v / s`` is exact). Range
-limit of the folded matmul: ``v phi`` itself must be finite, i.e.
-``max|v| * max_k sum_i |phi[i, k]|`` below the compute dtype's largest number (3.4e38 in
-float32, 1.8e308 in float64); the reference (which projects ``v / s``, entries in [-2, 2))
-has no such limit. Dividing by ``s`` before multiplying by ``r'`` keeps ``r' / s`` from
-becoming subnormal for states above 2^125.
+it so; decision D12's scale-safe norm): with ``v = vec(H)`` (n*d) and the power-of-two scale
+``s = 2^floor(log2(max(max|v|, 1)))`` of :func:`hcref.norms.row_scale` (capped at 2^126 in
+float32, 2^1022 in float64, as :mod:`hcref_torch.ops`),
+``r' = (mean((v/s)^2) + 1e-6/s/s)^(-1/2)`` and ``z = ((v/s) phi) r'``, which equals the
+reference's ``rms(v) phi`` in real arithmetic, bit for bit at ordinary scales (``s = 1``).
+``v / s`` is exact with entries in ``[-4, 4)``, so neither the sum of squares nor the
+projection can overflow: any finite H (1e-30 to 3e38 in float32 and bfloat16) gives finite
+coefficients and gradients, whenever the parameters are finite. No floor is needed: with
+``s >= 1`` the mean of ``(v/s)^2`` is at least ``1/(n d)`` whenever ``eps/s/s`` underflows.
 
 Sinkhorn (decision D7): the log-domain iteration with potentials of
 :mod:`hcref.sinkhorn_knopp` for ``eps = 0`` (finite wherever the math is: a row or column of
@@ -38,7 +38,6 @@ not itself differentiable (no double backward through Sinkhorn).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -47,47 +46,28 @@ from hcref import validation as v
 from hcref.mhc import RMS_EPS
 from hcref.sinkhorn_knopp import ITERS
 
-from .ops import meta
+from .ops import _apply, _compute_dtype, _no_autocast, _param_metas, _promote, _row_scale, meta
 
 Tensor = torch.Tensor
 
-_LOW = (torch.bfloat16, torch.float16)
+
+# --- fused kernels (hook) -------------------------------------------------------------------------
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """D12: float32 for half dtypes, the dtype itself otherwise."""
-    return torch.float32 if dtype in _LOW else dtype
+def _kernel_op(name: str, H: Any, *others: Any) -> Any:
+    """The fused kernel op ``hcref_torch.kernels.<name>`` (``mhc_coeffs``, ``mhc_pre``,
+    ``mhc_post``) when the automatic dispatch takes this call, else ``None``: H is the
+    (..., n, d) state and ``others`` the call's other tensors, as ``kernels.use_for`` takes them
+    (CUDA tensors only, the switch ``HCREF_TORCH_KERNELS`` / ``kernels.set_enabled``, a supported
+    shape, ``op=name``: the mHC coefficients take fewer streams than pre/post). CPU tensors never
+    import the kernels package."""
+    from . import ops
 
+    if not isinstance(H, torch.Tensor) or H.device.type not in ops._KERNEL_DEVICES:
+        return None
+    from . import kernels
 
-def _promote(*tensors: Tensor) -> torch.dtype:
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
-
-
-def _param_metas(params: Any) -> dict[str, v.ArrayMeta]:
-    if not isinstance(params, Mapping):
-        return {}
-    return {key: meta(f"params[{key!r}]", value) for key, value in params.items()}
-
-
-def _autocast_on(device: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device)
-    except TypeError:  # torch < 2.4: no per-device query
-        return torch.is_autocast_enabled() or torch.is_autocast_cpu_enabled()
-
-
-def _no_autocast(x: Tensor) -> AbstractContextManager[Any]:
-    device = x.device.type
-    if _autocast_on(device):
-        return torch.autocast(device_type=device, enabled=False)
-    return nullcontext()
-
-
-def _apply(fn: type[torch.autograd.Function], *args: Any) -> Any:
-    return fn.apply(*args)  # type: ignore[no-untyped-call]
+    return getattr(kernels, name) if kernels.use_for(H, *others, op=name) else None
 
 
 # --- Sinkhorn -------------------------------------------------------------------------------------
@@ -268,6 +248,9 @@ def sinkhorn(Z: Tensor, *, iters: int = ITERS, eps: float = 0.0) -> Tensor:
     TypeError for a non-floating Z, a non-int ``iters`` or a non-real ``eps``.
     """
     v.check_sinkhorn(meta("Z", Z), iters, eps)
+    kernel = _kernel_op("sinkhorn", Z)
+    if kernel is not None:
+        return kernel(Z, iters=iters, eps=eps)  # type: ignore[no-any-return]
     with _no_autocast(Z):
         return _project(Z.to(_compute_dtype(Z.dtype)), iters, float(eps)).to(Z.dtype)
 
@@ -275,25 +258,18 @@ def sinkhorn(Z: Tensor, *, iters: int = ITERS, eps: float = 0.0) -> Tensor:
 # --- coefficients -------------------------------------------------------------------------------
 
 
-def _row_scale(x: Tensor) -> Tensor:
-    """``s = 2^floor(log2(max(max|x|, 1)))`` over the last axis (keepdim), exact, no gradient
-    (:func:`hcref.norms.row_scale`)."""
-    with torch.no_grad():
-        amax = x.detach().abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
-        _, exponent = torch.frexp(amax)  # amax = f 2^exponent, f in [0.5, 1)
-        return torch.ldexp(torch.ones_like(amax), exponent - 1)
-
-
 def _rms_project(H: Tensor, phi: Tensor) -> Tensor:
-    """``z = rms(vec(H)) phi`` folded after the projection, scale-safe (module docstring).
+    """``z = rms(vec(H)) phi`` folded after the projection, scale-safe (module docstring):
+    ``z = ((v / s) phi) r'`` with ``r' = (mean((v/s)^2) + 1e-6/s/s)^(-1/2)``.
 
-    Shapes: H (..., n, d), phi (n*d, k) -> z (..., k), in the dtype of H and phi (one dtype).
+    Shapes: H (..., n, d), phi (n*d, k) -> z (..., k), in the dtype of H and phi (one dtype,
+    float32 or float64).
     """
     vec = H.reshape(*H.shape[:-2], H.shape[-2] * H.shape[-1])
     s = _row_scale(vec)
-    xs = vec / s
+    xs = vec / s  # exact: s is a power of two
     r = torch.rsqrt((xs * xs).mean(dim=-1, keepdim=True) + RMS_EPS / s / s)
-    return torch.matmul(vec, phi) / s * r
+    return torch.matmul(xs, phi) * r
 
 
 def _coeff_dtypes(H: Tensor, params: Mapping[str, Tensor]) -> tuple[torch.dtype, torch.dtype]:
@@ -319,6 +295,9 @@ def mhc_coeffs(
     least float32). Raises the reference's ValueError/TypeError for bad keys, shapes, options.
     """
     n, _, dynamic = v.check_mhc_coeffs(meta("H", H), params, _param_metas(params), iters, eps)
+    kernel = _kernel_op("mhc_coeffs", H, *params.values())
+    if kernel is not None:
+        return kernel(H, params, iters=iters, eps=eps)  # type: ignore[no-any-return]
     out, ct = _coeff_dtypes(H, params)
     lead = H.shape[:-2]
     with _no_autocast(H):
@@ -349,6 +328,9 @@ def mhc_pre(H: Tensor, h_pre: Tensor) -> Tensor:
     dtype, at least float32, rounded once).
     """
     v.check_mhc_pre(meta("H", H), meta("h_pre", h_pre))
+    kernel = _kernel_op("mhc_pre", H, h_pre)
+    if kernel is not None:
+        return kernel(H, h_pre)  # type: ignore[no-any-return]
     ct = _compute_dtype(_promote(H, h_pre))
     with _no_autocast(H):
         h0 = torch.matmul(h_pre.to(ct).unsqueeze(-2), H.to(ct)).squeeze(-2)
@@ -363,6 +345,9 @@ def mhc_post(y: Tensor, H: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
     Dtype: ``promote(y, H)`` (computed in the promoted dtype of all four, at least float32).
     """
     v.check_mhc_post(meta("y", y), meta("H", H), meta("h_post", h_post), meta("h_res", h_res))
+    kernel = _kernel_op("mhc_post", H, y, h_post, h_res)
+    if kernel is not None:
+        return kernel(y, H, h_post, h_res)  # type: ignore[no-any-return]
     ct = _compute_dtype(_promote(y, H, h_post, h_res))
     with _no_autocast(H):
         mixed = torch.matmul(h_res.to(ct), H.to(ct))

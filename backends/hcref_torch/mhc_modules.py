@@ -18,68 +18,21 @@ start at ``hcref.init_mhc`` / ``hcref.init_mhc_head``. The math is in :mod:`hcre
 parameters on a bfloat16 state keep the state in bfloat16). ``torch.compile(fullgraph=True)``
 compiles them.
 
-:class:`PlannedModule` is family-generic (any :class:`hcref.connections.Plan`): the HC and FC
-modules can be written on it as well.
+:class:`PlannedModule` / :class:`PlannedSite` (:mod:`hcref_torch.modules`) are family-generic
+(any :class:`hcref.connections.Plan`): the HC and FC modules are written on them as well.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from types import ModuleType
-from typing import Any
 
 import torch
-from torch import nn
 
 from hcref import connections
-from hcref.connections import MHCState, Plan, SiteState
 from hcref.sinkhorn_knopp import ITERS
 
 from . import mhc
-
-
-class PlannedModule(nn.Module):
-    """A module whose parameters, options, checks and ``extra_repr`` come from a
-    :class:`hcref.connections.Plan`; ``ops`` (a class attribute) is the namespace of functional
-    ops it calls. Parameters: one ``nn.Parameter`` per contract key, in ``dtype`` (default: torch's
-    default dtype) on ``device``, at the plan's initial values."""
-
-    ops: ModuleType = mhc
-
-    def __init__(self, plan: Plan, *, device: torch.device | str | None, dtype: torch.dtype | None) -> None:
-        super().__init__()
-        self.plan = plan
-        dtype = dtype or torch.get_default_dtype()
-        for key, value in plan.init_params().items():
-            self.register_parameter(key, nn.Parameter(torch.tensor(value, dtype=dtype, device=device)))
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        """The contract's parameter keys, in the order of ``hcref.init_*``."""
-        return self.plan.keys
-
-    def params(self) -> dict[str, torch.Tensor]:
-        """The parameters as the contract's flat mapping (for the functional ops)."""
-        return {key: getattr(self, key) for key in self.plan.keys}
-
-    def extra_repr(self) -> str:
-        return self.plan.extra_repr()
-
-
-class PlannedSite(PlannedModule):
-    """A residual site: ``width`` / ``depth`` (:func:`hcref.connections.width` / ``depth``) and one call."""
-
-    def width(self, H: torch.Tensor) -> tuple[torch.Tensor, SiteState | MHCState]:
-        return connections.width(self.ops, self.plan, H, self.params())
-
-    def depth(self, y: torch.Tensor, state: SiteState | MHCState) -> torch.Tensor:
-        out: torch.Tensor = connections.depth(self.ops, self.plan, y, state)
-        return out
-
-    def forward(self, H: torch.Tensor, branch: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
-        """One whole site: ``depth(branch(h0, *args, **kwargs), state)`` with ``h0, state = width(H)``."""
-        h0, state = self.width(H)
-        return self.depth(branch(h0, *args, **kwargs), state)
+from .modules import PlannedModule, PlannedSite
 
 
 class ManifoldHyperConnections(PlannedSite):
@@ -97,6 +50,8 @@ class ManifoldHyperConnections(PlannedSite):
     Raises ValueError/TypeError for bad sizes or options (the reference's messages), and a
     ValueError naming this module and suggesting ``Expand(n)`` when H is not (..., n, d).
     """
+
+    ops: ModuleType = mhc
 
     def __init__(
         self,
@@ -122,6 +77,8 @@ class MHCHead(PlannedModule):
     ``x = sum_i w_i H[i]``, ``w = sigmoid(gate * z + b) + eps`` with ``z`` the projection of the
     flattened, RMS-scaled state. Starts as half the sum reduce (:func:`hcref.init_mhc_head`).
     Parameters: ``phi`` (n*d, n), ``b`` (n), ``gate`` ()."""
+
+    ops: ModuleType = mhc
 
     def __init__(
         self,

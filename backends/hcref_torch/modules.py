@@ -13,72 +13,120 @@ so ``state_dict()`` is the checkpoint format of hcref, and start at ``hcref.init
 ``hcref.init_fc``. Precision (D12): a float32 module on a bfloat16/float16 stream computes float32
 coefficients and keeps the stream (``h0``, ``H_out``) in the stream's dtype, so a half-precision
 sublayer sees half-precision inputs. ``device="meta"`` builds the module without memory.
+
+Everything framework-free (parameter keys, shapes and initial values, option checks, the
+width/depth protocol, ``extra_repr`` and the module-level errors that name the module) is the
+module's :class:`hcref.connections.Plan` (:func:`hcref.connections.hc_plan` /
+:func:`~hcref.connections.fc_plan`); :class:`PlannedModule` / :class:`PlannedSite` (also the base
+of the mHC modules) turn a plan into a ``torch.nn.Module``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from types import ModuleType
+from typing import Any
 
 import torch
 from torch import nn
 
 import hcref
+from hcref import connections
+from hcref.connections import MHCState, Plan
+from hcref.connections import SiteState as SiteState  # re-exported: hcref_torch.SiteState
 
 from . import ops
 
 
-class SiteState(NamedTuple):
-    """What ``depth`` needs from ``width``: the mixed residual streams and the write weights."""
+class PlannedModule(nn.Module):
+    """A module whose parameters, options, checks and ``extra_repr`` come from a
+    :class:`hcref.connections.Plan`; ``ops`` (a class attribute) is the namespace of functional
+    ops it calls (:mod:`hcref_torch.ops` for HC/FC, :mod:`hcref_torch.mhc` for mHC). Parameters:
+    one ``nn.Parameter`` per contract key, in ``dtype`` (default: torch's default dtype) on
+    ``device``, at the plan's initial values (``hcref.init_*``)."""
 
-    H_res: torch.Tensor
-    """(..., n, d) for HC, (..., m, e) for FC."""
-    beta: torch.Tensor
-    """(..., n) for HC, (..., m) for FC."""
+    ops: ModuleType = ops
 
-
-class _Connection(nn.Module):
-    family = ""
-
-    def __init__(
-        self,
-        init: dict[str, Any],
-        *,
-        norm: str,
-        use_tanh: bool,
-        use_norm: bool,
-        use_scale: bool,
-        device: torch.device | str | None,
-        dtype: torch.dtype | None,
-    ) -> None:
+    def __init__(self, plan: Plan, *, device: torch.device | str | None, dtype: torch.dtype | None) -> None:
         super().__init__()
-        hcref.validation.check_options(norm, use_tanh, use_norm, use_scale)
-        self.norm, self.use_tanh, self.use_norm, self.use_scale = norm, use_tanh, use_norm, use_scale
+        self.plan = plan
         dtype = dtype or torch.get_default_dtype()
-        self.keys = tuple(init)
-        for key, value in init.items():
+        for key, value in plan.init_params().items():
             self.register_parameter(key, nn.Parameter(torch.tensor(value, dtype=dtype, device=device)))
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The contract's parameter keys, in the order of ``hcref.init_*``."""
+        return self.plan.keys
 
     def params(self) -> dict[str, torch.Tensor]:
         """The parameters as the contract's flat mapping (for the functional ops)."""
-        return {key: getattr(self, key) for key in self.keys}
+        return {key: getattr(self, key) for key in self.plan.keys}
 
-    def _options(self) -> dict[str, Any]:
-        return {"norm": self.norm, "use_tanh": self.use_tanh, "use_norm": self.use_norm, "use_scale": self.use_scale}
+    def extra_repr(self) -> str:
+        return self.plan.extra_repr()
 
-    def width(self, H: torch.Tensor) -> tuple[torch.Tensor, SiteState]:
-        raise NotImplementedError
 
-    def depth(self, y: torch.Tensor, state: SiteState) -> torch.Tensor:
-        raise NotImplementedError
+class PlannedSite(PlannedModule):
+    """A residual site: ``width`` / ``depth`` (:func:`hcref.connections.width` / ``depth``) and one call."""
+
+    def width(self, H: torch.Tensor) -> tuple[torch.Tensor, SiteState | MHCState]:
+        return connections.width(self.ops, self.plan, H, self.params())
+
+    def depth(self, y: torch.Tensor, state: SiteState | MHCState) -> torch.Tensor:
+        out: torch.Tensor = connections.depth(self.ops, self.plan, y, state)
+        return out
 
     def forward(self, H: torch.Tensor, branch: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
         """One whole site: ``depth(branch(h0, *args, **kwargs), state)`` with ``h0, state = width(H)``."""
         h0, state = self.width(H)
         return self.depth(branch(h0, *args, **kwargs), state)
 
-    def extra_repr(self) -> str:
-        return f"norm={self.norm!r}, use_tanh={self.use_tanh}, use_norm={self.use_norm}, use_scale={self.use_scale}"
+
+class _Connection(PlannedSite):
+    """HC / FC site: the plan's options as attributes (``norm``, ``use_tanh``, ``use_norm``, ``use_scale``).
+
+    On CUDA, when ``hcref_torch.kernels.use_for`` holds for H and the parameters, ``width`` runs
+    the fused site kernel (``hc_site_width`` / ``fc_site_width``: coefficients, h0 and, when a
+    gradient is needed, H_res in one kernel) and ``depth`` the matching depth kernel. Without a
+    gradient the fused width leaves the residual mixing to ``depth`` and returns a
+    :class:`hcref_torch.kernels.FusedState` instead of a :class:`SiteState` (``H_res`` is then
+    never written); pass it to ``depth`` unchanged.
+    """
+
+    family = ""
+
+    def __init__(self, plan: Plan, *, device: torch.device | str | None, dtype: torch.dtype | None) -> None:
+        super().__init__(plan, device=device, dtype=dtype)
+        opts = plan.kwargs
+        self.norm, self.use_tanh = opts["norm"], opts["use_tanh"]
+        self.use_norm, self.use_scale = opts["use_norm"], opts["use_scale"]
+        self.d, self.dynamic = plan.d, plan.dynamic
+
+    def _options(self) -> dict[str, Any]:
+        return self.plan.kwargs
+
+    def width(self, H: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        params = self.params()
+        kernels = ops._kernels(H, *params.values())
+        if kernels is None:
+            return connections.width(self.ops, self.plan, H, params)
+        self.plan.check_state(ops.meta("H", H))
+        fused_width = kernels.hc_site_width if self.family == "hc" else kernels.fc_site_width
+        h0, state = fused_width(H, params, **self.plan.kwargs)
+        if state.H_res is not None:  # training: the mixed residual was written, depth is a plain write
+            return h0, SiteState(state.H_res, state.beta)
+        return h0, state
+
+    def depth(self, y: torch.Tensor, state: Any) -> torch.Tensor:
+        if getattr(state, "H_res", None) is None and hasattr(state, "alpha"):  # a FusedState: mix and write
+            from . import kernels  # the fused width made it, so this import is done
+
+            self.plan.check_branch_output(ops.meta("y", y), tuple(state.H.shape[:-2]))
+            fused: torch.Tensor = kernels.site_depth(y, state)
+            return fused
+        out: torch.Tensor = connections.depth(self.ops, self.plan, y, state)
+        return out
 
 
 class HyperConnections(_Connection):
@@ -86,7 +134,11 @@ class HyperConnections(_Connection):
 
     ``width``: H (..., n, d) -> h0 (..., d), state (H_res (..., n, d), beta (..., n));
     ``depth``: y (..., d), state -> H_out (..., n, d); ``forward(H, branch)`` does both around ``branch``.
-    ``layer_index`` counts attention and MLP sublayers separately, from 0.
+    ``layer_index`` counts attention and MLP sublayers separately, from 0. Parameters: ``A_m`` (n),
+    ``A_r`` (n, n), ``B`` (n), and when ``dynamic`` ``W_alpha`` (d, n+1), ``W_beta`` (d),
+    ``s_alpha``, ``s_beta`` () and the norm's ``norm_weight`` / ``norm_bias`` (d).
+    Raises the reference's ValueError/TypeError for bad sizes or options, and a ValueError naming
+    this module (and suggesting ``Expand(n)``) when H is not (..., n, d) or ``depth``'s y not (..., d).
     """
 
     family = "hc"
@@ -105,23 +157,11 @@ class HyperConnections(_Connection):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        init = hcref.init_hc(n, d, layer_index, dynamic=dynamic, norm=norm)
-        super().__init__(
-            init, norm=norm, use_tanh=use_tanh, use_norm=use_norm, use_scale=use_scale, device=device, dtype=dtype
+        plan = connections.hc_plan(
+            n, d, layer_index, dynamic=dynamic, norm=norm, use_tanh=use_tanh, use_norm=use_norm, use_scale=use_scale
         )
-        self.n, self.d, self.layer_index, self.dynamic = n, d, layer_index, dynamic
-
-    def width(self, H: torch.Tensor) -> tuple[torch.Tensor, SiteState]:
-        alpha, beta = ops.hc_coeffs(H, self.params(), **self._options())
-        h0, H_res = ops.hc_width(H, alpha)
-        return h0, SiteState(H_res, beta)
-
-    def depth(self, y: torch.Tensor, state: SiteState) -> torch.Tensor:
-        return ops.hc_depth(y, state.H_res, state.beta)
-
-    def extra_repr(self) -> str:
-        head = f"n={self.n}, d={self.d}, layer_index={self.layer_index}, dynamic={self.dynamic}"
-        return f"{head}, {super().extra_repr()}"
+        super().__init__(plan, device=device, dtype=dtype)
+        self.n, self.layer_index = n, layer_index
 
 
 class FracConnections(_Connection):
@@ -129,6 +169,11 @@ class FracConnections(_Connection):
 
     ``width``: H (..., m, e) -> h0 (..., d), state (H_res (..., m, e), beta (..., m));
     ``depth``: y (..., d), state -> H_out (..., m, e); ``forward(H, branch)`` does both around ``branch``.
+    Parameters: ``Y``, ``A`` (m, m), ``B`` (m), and when ``dynamic`` ``W_alpha`` (e, 2m), ``W_beta`` (e),
+    ``s_alpha``, ``s_beta`` () and the norm's ``norm_weight`` / ``norm_bias`` (e), e = d/m.
+    Raises the reference's ValueError/TypeError for bad sizes or options (``d`` not a multiple of
+    ``m`` included), and a ValueError naming this module (and suggesting ``FracSplit(m)``) when H
+    is not (..., m, e) or ``depth``'s y not (..., d).
     """
 
     family = "fc"
@@ -146,22 +191,11 @@ class FracConnections(_Connection):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        init = hcref.init_fc(m, d, dynamic=dynamic, norm=norm)
-        super().__init__(
-            init, norm=norm, use_tanh=use_tanh, use_norm=use_norm, use_scale=use_scale, device=device, dtype=dtype
+        plan = connections.fc_plan(
+            m, d, dynamic=dynamic, norm=norm, use_tanh=use_tanh, use_norm=use_norm, use_scale=use_scale
         )
-        self.m, self.d, self.dynamic = m, d, dynamic
-
-    def width(self, H: torch.Tensor) -> tuple[torch.Tensor, SiteState]:
-        alpha, beta = ops.fc_coeffs(H, self.params(), **self._options())
-        h0, H_res = ops.fc_width(H, alpha)
-        return h0, SiteState(H_res, beta)
-
-    def depth(self, y: torch.Tensor, state: SiteState) -> torch.Tensor:
-        return ops.fc_depth(y, state.H_res, state.beta)
-
-    def extra_repr(self) -> str:
-        return f"m={self.m}, d={self.d}, dynamic={self.dynamic}, " + super().extra_repr()
+        super().__init__(plan, device=device, dtype=dtype)
+        self.m = m
 
 
 class Expand(nn.Module):
@@ -206,3 +240,4 @@ class FracMerge(nn.Module):
 
     def forward(self, H: torch.Tensor) -> torch.Tensor:
         return ops.frac_merge(H)
+

@@ -36,6 +36,14 @@ coefficients and gradients.
 
 Tensors on the ``meta`` device work (shapes and dtypes only): ops and modules can be built and
 traced before weights are loaded.
+
+Fused kernels (issue 14). On CUDA tensors the HC/FC contract ops run the fused Triton kernels of
+:mod:`hcref_torch.kernels` (same results within the kernels' tolerance, same errors and dtypes)
+when ``hcref_torch.kernels.use_for(...)`` holds: Triton importable, the switch on, the call
+supported (n or m <= 16, float dtypes, one device). ``HCREF_TORCH_KERNELS=0`` (read at import) or
+``hcref_torch.kernels.set_enabled(False)`` forces this generic path; every call the kernels do
+not take runs here, so nothing fails that worked before. CPU tensors always run here, and never
+import the kernels package (nor Triton).
 """
 
 from __future__ import annotations
@@ -364,6 +372,26 @@ class _Mix(torch.autograd.Function):
         return g_H, g_alpha, None
 
 
+# --- dispatch to the fused kernels ---------------------------------------------------------
+
+
+_KERNEL_DEVICES: tuple[str, ...] = ("cuda",)
+"""Device types whose calls may go to :mod:`hcref_torch.kernels` (which then decides with
+``use_for``); other devices never import it. Tests add ``"cpu"`` to run the dispatch under the
+Triton interpreter."""
+
+
+def _kernels(H: Any, *others: Any) -> Any:
+    """:mod:`hcref_torch.kernels` when its automatic dispatch takes this call
+    (``kernels.use_for(H, *others)``, H the (..., K, w) tensor), else ``None``. The package is
+    imported on the first call from a device of :data:`_KERNEL_DEVICES` only."""
+    if not isinstance(H, torch.Tensor) or H.device.type not in _KERNEL_DEVICES:
+        return None
+    from . import kernels
+
+    return kernels if kernels.use_for(H, *others) else None
+
+
 def _coeff_check(family: str, H: Any, params: Any, norm: Any, use_tanh: Any, use_norm: Any, use_scale: Any) -> bool:
     metas = _param_metas(params)
     _, _, dynamic = v.check_coeffs(family, meta("H", H), params, metas, norm, use_tanh, use_norm, use_scale)
@@ -382,7 +410,16 @@ def hc_coeffs(
     use_norm: bool = True,
     use_scale: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """See :func:`hcref.hc_coeffs`. Shapes: H (..., n, d) -> alpha (..., n, n+1), beta (..., n)."""
+    """See :func:`hcref.hc_coeffs`. Shapes: H (..., n, d) -> alpha (..., n, n+1), beta (..., n).
+
+    On CUDA: the fused coefficient kernel when ``hcref_torch.kernels.use_for`` holds (module docstring).
+    """
+    kernels = _kernels(H, *params.values()) if isinstance(params, Mapping) else None
+    if kernels is not None:
+        out: tuple[Tensor, Tensor] = kernels.hc_coeffs(
+            H, params, norm=norm, use_tanh=use_tanh, use_norm=use_norm, use_scale=use_scale
+        )
+        return out
     dynamic = _coeff_check("hc", H, params, norm, use_tanh, use_norm, use_scale)
     static_alpha = torch.cat([params["A_m"].unsqueeze(-1), params["A_r"]], dim=-1)
     return _coeffs(
@@ -394,15 +431,26 @@ def hc_coeffs(
 def hc_width(H: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
     """See :func:`hcref.hc_width`. Shapes: H (..., n, d), alpha (..., n, n+1) -> h0 (..., d), H_res (..., n, d).
 
-    Both results are views of one mixed tensor (..., n+1, d).
+    Both results are views of one mixed tensor (..., n+1, d). On CUDA: the fused width kernel when
+    ``hcref_torch.kernels.use_for`` holds.
     """
+    kernels = _kernels(H, alpha)
+    if kernels is not None:
+        out: tuple[Tensor, Tensor] = kernels.hc_width(H, alpha)
+        return out
     v.check_width("hc", meta("H", H), meta("alpha", alpha))
     first, H_res = _mix(H, alpha, 1)
     return first.squeeze(-2), H_res
 
 
 def hc_depth(y: Tensor, H_res: Tensor, beta: Tensor) -> Tensor:
-    """See :func:`hcref.hc_depth`. Shapes: y (..., d), H_res (..., n, d), beta (..., n) -> H_out (..., n, d)."""
+    """See :func:`hcref.hc_depth`. Shapes: y (..., d), H_res (..., n, d), beta (..., n) -> H_out (..., n, d).
+
+    On CUDA: the fused depth kernel when ``hcref_torch.kernels.use_for`` holds."""
+    kernels = _kernels(H_res, y, beta)
+    if kernels is not None:
+        out: Tensor = kernels.hc_depth(y, H_res, beta)
+        return out
     v.check_depth("hc", meta("y", y), meta("H_res", H_res), meta("beta", beta))
     return _write(y.unsqueeze(-2), H_res, beta)
 
@@ -458,7 +506,16 @@ def fc_coeffs(
     use_norm: bool = True,
     use_scale: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """See :func:`hcref.fc_coeffs`. Shapes: H (..., m, e) -> alpha (..., m, 2m), beta (..., m)."""
+    """See :func:`hcref.fc_coeffs`. Shapes: H (..., m, e) -> alpha (..., m, 2m), beta (..., m).
+
+    On CUDA: the fused coefficient kernel when ``hcref_torch.kernels.use_for`` holds (module docstring).
+    """
+    kernels = _kernels(H, *params.values()) if isinstance(params, Mapping) else None
+    if kernels is not None:
+        out: tuple[Tensor, Tensor] = kernels.fc_coeffs(
+            H, params, norm=norm, use_tanh=use_tanh, use_norm=use_norm, use_scale=use_scale
+        )
+        return out
     dynamic = _coeff_check("fc", H, params, norm, use_tanh, use_norm, use_scale)
     static_alpha = torch.cat([params["Y"], params["A"]], dim=-1)
     return _coeffs(
@@ -468,14 +525,26 @@ def fc_coeffs(
 
 
 def fc_width(H: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
-    """See :func:`hcref.fc_width`. Shapes: H (..., m, e), alpha (..., m, 2m) -> h0 (..., m*e), H_res (..., m, e)."""
+    """See :func:`hcref.fc_width`. Shapes: H (..., m, e), alpha (..., m, 2m) -> h0 (..., m*e), H_res (..., m, e).
+
+    On CUDA: the fused width kernel when ``hcref_torch.kernels.use_for`` holds."""
+    kernels = _kernels(H, alpha)
+    if kernels is not None:
+        out: tuple[Tensor, Tensor] = kernels.fc_width(H, alpha)
+        return out
     m, e = v.check_width("fc", meta("H", H), meta("alpha", alpha))
     first, H_res = _mix(H, alpha, m)
     return first.reshape(*H.shape[:-2], m * e), H_res
 
 
 def fc_depth(y: Tensor, H_res: Tensor, beta: Tensor) -> Tensor:
-    """See :func:`hcref.fc_depth`. Shapes: y (..., m*e), H_res (..., m, e), beta (..., m) -> H_out (..., m, e)."""
+    """See :func:`hcref.fc_depth`. Shapes: y (..., m*e), H_res (..., m, e), beta (..., m) -> H_out (..., m, e).
+
+    On CUDA: the fused depth kernel when ``hcref_torch.kernels.use_for`` holds."""
+    kernels = _kernels(H_res, y, beta)
+    if kernels is not None:
+        out: Tensor = kernels.fc_depth(y, H_res, beta)
+        return out
     v.check_depth("fc", meta("y", y), meta("H_res", H_res), meta("beta", beta))
     return _write(y.reshape(H_res.shape), H_res, beta)
 

@@ -1,4 +1,4 @@
-"""Hyper-Connections and Frac-Connections under ``torch.distributed``: the plans, one per kind of sharding.
+"""Hyper-Connections, Frac-Connections and mHC under ``torch.distributed``: the plans, one per kind of sharding.
 
 Named dims: ``...`` token axes (batch, time), ``k`` rows of the state (HC: n streams, FC: m fractions),
 ``w`` their width (HC: d, FC: e = d/m), ``c`` coefficient columns (HC: n+1, FC: 2m), ``T`` ranks.
@@ -46,6 +46,32 @@ sequence-parallel block has per sublayer anyway, so the HC/FC state adds only th
 ``h0`` is handed to the sublayer as a ``Replicate()`` DTensor; ``y`` may come back ``Partial()`` (the
 cheapest: ``RowwiseParallel(output_layouts=Partial(), use_local_output=False)``), ``Replicate()`` or,
 for HC, ``Shard(-1)``.
+
+mHC (``ManifoldHyperConnections``, ``MHCHead``; mHC paper Eqs. 7-9). Tokens sharded: as above (DDP,
+FSDP2, sequence parallelism). mHC sites have no 0-dim parameter (``gates`` is (3)), so ``fully_shard``
+takes them whole; ``MHCHead``'s ``gate`` is 0-dim and goes to :func:`scalar_parameters`. Importing this
+module registers DTensor sharding rules for the Sinkhorn custom ops (token axes sharded, no
+collective), which sequence parallelism on DTensors needs. Width sharded: ``WidthParallel`` places
+``phi (n*d, k)`` by :func:`mhc_phi_placement` (each rank's rows are its d-slice of every stream, n
+interleaved blocks: ``_StridedShard(0, split_factor=n)``), ``b``, ``gates``, ``gate`` replicated. The
+coefficient step reduces over the flattened ``n*d`` vector; with ``k = 2n + n^2``, per token and site::
+
+    forward   all-reduce MAX   max|vec(H)|                      1        scale-safe RMS (D12); no backward
+              all-reduce SUM   [vec(H) phi | sum (vec(H)/s)^2]  k + 1    the projection and the sum of squares
+              then every rank: gates, bias, sigmoid, 2 sigmoid, Sinkhorn (identical, replicated results)
+    backward  all-reduce SUM   [g_h_pre | g_h_post | g_h_res]   k        partial sums of the local pre/post;
+                                                                         the rest acts on replicated values
+
+(n = 4: 1 + 25 floats forward, 24 backward: 104 and 96 bytes per token in float32.) ``mhc_pre`` and
+``mhc_post`` act on the local columns; h0 is all-gathered and y reduce-scattered as for HC (d per
+token). ``MHCHead``: MAX 1 and SUM n + 1 forward, SUM n backward; its output x (..., d) is sharded like
+one stream. Static sites: the coefficients come from ``b`` alone (no per-token collective); ``b``'s
+gradient is all-reduced once per step (k floats).
+
+FSDP2 composed with ``WidthParallel`` runs mHC correctly (local shards and gradients), but FSDP2 labels
+``phi``'s 2-D placement ``(_StridedShard(0, sf=T_tp), _StridedShard(0, sf=n))``, which
+``full_tensor()`` reassembles in the wrong row order (torch 2.13): gather phi for a checkpoint from the
+local shards (rank (dp, tp) holds rows ``(i, tp-slice)`` of every stream i, split over dp).
 """
 
 from __future__ import annotations
@@ -59,12 +85,16 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Placement, Replicate, Shard, distribute_tensor
+from torch.distributed.tensor.experimental import register_sharding
 from torch.distributed.tensor.parallel import ParallelStyle
+from torch.distributed.tensor.placement_types import _StridedShard
 from torch.utils.hooks import RemovableHandle
 
+from hcref.connections import MHCState
+from hcref.mhc import RMS_EPS
 from hcref.norms import LAYERNORM_EPS, RMSNORM_EPS
 
-from . import ops
+from . import mhc, ops
 from .modules import FracConnections, HyperConnections, SiteState, _Connection
 
 Tensor = torch.Tensor
@@ -75,9 +105,12 @@ __all__ = [
     "WidthParallel",
     "average_gradients",
     "gather_width",
+    "mhc_phi_placement",
     "scalar_parameters",
     "shard_width",
     "width_sharded_coeffs",
+    "width_sharded_mhc_coeffs",
+    "width_sharded_mhc_head",
 ]
 
 
@@ -85,7 +118,8 @@ __all__ = [
 
 
 def scalar_parameters(module: nn.Module) -> set[nn.Parameter]:
-    """The 0-dim parameters of ``module`` (the gates ``s_alpha``, ``s_beta`` of every dynamic HC/FC site).
+    """The 0-dim parameters of ``module`` (the gates ``s_alpha``, ``s_beta`` of every dynamic HC/FC site,
+    ``MHCHead``'s ``gate``).
 
     ``fully_shard`` raises ``ValueError`` on 0-dim parameters; pass this set as its ``ignored_params``
     (in every ``fully_shard`` call that would otherwise manage them) and reduce their gradients with
@@ -127,7 +161,7 @@ class FamilyPlan:
     ``width_keys``: parameters whose dim 0 is the width ``w`` (placed ``Shard(0)``); every other key is
     replicated. ``static``: the static ``(alpha, beta)`` of the family from its parameters. ``coeffs``,
     ``width``, ``depth``: the per-rank computation on local shards (see :class:`WidthParallel`).
-    A further family (mHC) joins as one more entry.
+    mHC (a state mixed in one step, a coefficient step over the flattened n*d vector) has its own mixins.
     """
 
     width_keys: tuple[str, ...]
@@ -438,11 +472,226 @@ class _WidthParallelConnection:
         return DTensor.from_local(H_out, mesh, [Shard(last)], run_check=False)
 
 
+# --- mHC: the flattened n*d vector sharded over d ----------------------------------------------------
+
+
+def _mhc_plan(module: nn.Module) -> Any:
+    """The :class:`hcref.connections.Plan` of an mHC site or head, else None."""
+    plan = getattr(module, "plan", None)
+    return plan if getattr(plan, "family", None) in ("mhc", "mhc_head") else None
+
+
+def mhc_phi_placement(n: int) -> Placement:
+    """Where each rank's rows of an mHC projection ``phi (n*d, k)`` are, with d sharded over the ranks.
+
+    ``phi``'s rows follow ``vec(H)`` stream-major (row ``i*d + c`` reads ``H[i, c]``), so the rows of one
+    rank's columns ``c`` of every stream are n interleaved blocks of d/T rows: n chunks (the streams),
+    each split over the T ranks. That is torch's ``_StridedShard(0, split_factor=n)`` (the placement
+    FSDP2 + TP use for a dim sharded twice), so ``full_tensor()`` and state dicts give the contract's
+    ``phi`` and the local block is exactly the rows that multiply the local ``vec(H_local)``.
+    """
+    return _StridedShard(0, split_factor=n)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """All-reduce (sum) forward; identity backward: the result is replicated and every consumer is
+    replicated too, so its cotangent is the full one, identical on every rank (Megatron's ``g``)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, group: Any) -> Tensor:
+        return _all_reduce(x.clone(), group)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:
+        return g, None
+
+
+def _sharded_rms_project(H_local: Tensor, phi_local: Tensor, d: int, group: Any) -> Tensor:
+    """``z = rms(vec(H)) phi`` from the local columns ``H_local (..., n, d/T)`` and the matching rows
+    ``phi_local (n*d/T, k)`` (one dtype), folded and scale-safe as ``hcref_torch.mhc`` (D12)::
+
+        s     = row_scale(allreduce_max(max|v_local|))          one float per token, no backward
+        [P|Q] = allreduce_sum([v_local phi_local | sum (v_local/s)^2])   k+1 floats per token
+        z     = P / s * (Q / (n d) + 1e-6 / s / s)^(-1/2)
+
+    computed identically on every rank (z is replicated; its cotangent must be the full one).
+    """
+    n, w = H_local.shape[-2], H_local.shape[-1]
+    vec = H_local.reshape(*H_local.shape[:-2], n * w)
+    with torch.no_grad():
+        amax = _all_reduce(vec.detach().abs().amax(dim=-1, keepdim=True), group, dist.ReduceOp.MAX)
+        s = _row_scale(amax)
+    xs = vec / s
+    parts = torch.cat([torch.matmul(vec, phi_local), (xs * xs).sum(dim=-1, keepdim=True)], dim=-1)
+    total: Tensor = _apply(_AllReduceSum, parts, group)
+    r = torch.rsqrt(total[..., -1:] / (n * d) + RMS_EPS / s / s)
+    return total[..., :-1] / s * r
+
+
+def _split_coeffs(flat: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    return flat[..., :n], flat[..., n : 2 * n], flat[..., 2 * n :].reshape(*flat.shape[:-1], n, n)
+
+
+def width_sharded_mhc_coeffs(
+    H_local: Tensor, params: Mapping[str, Tensor], *, d: int, group: Any, iters: int, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``h_pre (..., n)``, ``h_post (..., n)``, ``h_res (..., n, n)`` of ``hcref_torch.mhc.mhc_coeffs``
+    (mHC paper Eqs. 7-9) from the local columns ``H_local (..., n, d/T)`` of a state whose width ``d`` is
+    sharded over ``group``, and the local parameters (``phi``: this rank's rows, placed by
+    :func:`mhc_phi_placement`; ``b``, ``gates``: whole).
+
+    The reductions over the flattened ``n*d`` vector are completed by :func:`_sharded_rms_project`'s two
+    all-reduces; the epilogue (gates, bias, sigmoid, 2 sigmoid, Sinkhorn) then runs redundantly on every
+    rank, so the coefficients are replicated. Backward: the coefficients' cotangents arrive as partial
+    sums over the width shards (their consumers, ``mhc_pre`` / ``mhc_post`` on the local columns,
+    contract over the local columns) and are all-reduced once, fused (``2n + n^2`` floats per token);
+    everything after that (the epilogue's and the norm's VJPs) acts on replicated values, and ``phi``'s
+    gradient is the local row block. Static sites (``params`` exactly ``b``): no reduction over ``d``;
+    ``b``'s gradient is all-reduced once per step (``2n + n^2`` floats). Dtypes as ``mhc_coeffs`` (D12).
+    """
+    n = H_local.shape[-2]
+    out = ops._promote(H_local, *params.values())
+    ct = ops._compute_dtype(out)
+    with ops._no_autocast(H_local):
+        if "phi" not in params:
+            b = _apply(_SumGradients, params["b"], group)
+            return mhc.mhc_coeffs(H_local, {"b": b}, iters=iters, eps=eps)
+        z = _sharded_rms_project(H_local.to(ct), params["phi"].to(ct), d, group)
+        b, gates = params["b"].to(ct), params["gates"].to(ct)
+        pre = z[..., :n] * gates[0] + b[:n]
+        post = z[..., n : 2 * n] * gates[1] + b[n : 2 * n]
+        res = z[..., 2 * n :] * gates[2] + b[2 * n :]
+        h_res = mhc.sinkhorn(res.reshape(*res.shape[:-1], n, n), iters=iters, eps=eps)
+        flat = torch.cat([torch.sigmoid(pre) + eps, 2 * torch.sigmoid(post), h_res.flatten(-2)], dim=-1)
+        flat = _apply(_SumGradients, flat, group)
+    return tuple(c.to(out) for c in _split_coeffs(flat, n))  # type: ignore[return-value]
+
+
+def width_sharded_mhc_head(H_local: Tensor, params: Mapping[str, Tensor], *, d: int, group: Any, eps: float) -> Tensor:
+    """``x (..., d/T)``: the local columns of ``hcref_torch.mhc.mhc_head`` (DeepSeek-V4's learned reduce,
+    ``x = sum_i w_i H[i]``, ``w = sigmoid(gate z + b) + eps``) from the local columns ``H_local`` and the
+    local parameters (``phi``'s rows as :func:`mhc_phi_placement`). Collectives as the site's coefficient
+    step: MAX (1) and SUM (n+1 floats per token) forward, SUM of ``w``'s cotangent (n) backward."""
+    out = ops._promote(H_local, *params.values())
+    ct = ops._compute_dtype(out)
+    with ops._no_autocast(H_local):
+        Hc = H_local.to(ct)
+        z = _sharded_rms_project(Hc, params["phi"].to(ct), d, group)
+        w = torch.sigmoid(z * params["gate"].to(ct) + params["b"].to(ct)) + eps
+        w = _apply(_SumGradients, w, group)
+        x = torch.matmul(w.unsqueeze(-2), Hc).squeeze(-2)
+    return x.to(H_local.dtype)
+
+
+def _local_params(module: Any) -> dict[str, Tensor]:
+    return {key: p.to_local() if isinstance(p, DTensor) else p for key, p in module.params().items()}
+
+
+def _require_sharded(H: Any, mesh: DeviceMesh) -> DTensor:
+    if not isinstance(H, DTensor):
+        raise TypeError(
+            f"H: expected a DTensor sharded on its last axis over the module's mesh, got {type(H).__name__} "
+            "(hcref_torch.parallel.shard_width makes one from a replicated tensor)"
+        )
+    last = H.ndim - 1
+    return H if H.placements == (Shard(last),) else H.redistribute(mesh, [Shard(last)])
+
+
+class _WidthParallelMHC:
+    """Mixin that replaces ``width`` / ``depth`` of a ``ManifoldHyperConnections`` whose width is sharded."""
+
+    _tp_mesh: DeviceMesh
+
+    def width(self, H: Tensor) -> tuple[Tensor, MHCState]:
+        module: Any = self
+        plan, mesh = module.plan, self._tp_mesh
+        plan.check_state(ops.meta("H", H))
+        H = _require_sharded(H, mesh)
+        H_local = H.to_local()
+        kwargs = plan.kwargs
+        h_pre, h_post, h_res = width_sharded_mhc_coeffs(
+            H_local, _local_params(module), d=plan.d, group=mesh.get_group(), iters=kwargs["iters"], eps=kwargs["eps"]
+        )
+        h0_local = mhc.mhc_pre(H_local, h_pre)
+        h0 = DTensor.from_local(h0_local, mesh, [Shard(h0_local.ndim - 1)], run_check=False)
+        return h0.redistribute(mesh, [Replicate()]), MHCState(H, h_post, h_res)
+
+    def depth(self, y: Tensor, state: MHCState) -> Tensor:
+        module: Any = self
+        mesh = self._tp_mesh
+        H = state.H
+        if not isinstance(y, DTensor):
+            raise TypeError(
+                f"y: expected a DTensor (Partial, Replicate or Shard) on the module's mesh, got {type(y).__name__}"
+            )
+        module.plan.check_branch_output(ops.meta("y", y), tuple(H.shape[:-2]))
+        y_local = y.redistribute(mesh, [Shard(y.ndim - 1)]).to_local()
+        H_out = mhc.mhc_post(y_local, H.to_local(), state.h_post, state.h_res)
+        return DTensor.from_local(H_out, mesh, [Shard(H_out.ndim - 1)], run_check=False)
+
+
+class _WidthParallelMHCHead:
+    """Mixin that replaces ``forward`` of an ``MHCHead`` whose input's width is sharded."""
+
+    _tp_mesh: DeviceMesh
+
+    def forward(self, H: Tensor) -> DTensor:
+        module: Any = self
+        plan, mesh = module.plan, self._tp_mesh
+        plan.check_state(ops.meta("H", H))
+        H_local = _require_sharded(H, mesh).to_local()
+        x = width_sharded_mhc_head(
+            H_local, _local_params(module), d=plan.d, group=mesh.get_group(), eps=plan.kwargs["eps"]
+        )
+        return DTensor.from_local(x, mesh, [Shard(x.ndim - 1)], run_check=False)
+
+
+# --- sequence parallelism: DTensor strategies for the Sinkhorn custom ops -------------------------------
+
+
+def _register_sinkhorn_strategies() -> None:
+    """Sinkhorn acts on the last two axes of ``Z (..., n, n)``, token by token: every output (and the
+    stacked potentials / divisors, one leading axis more) is sharded like Z's token axes. Registered for
+    the custom ops of :mod:`hcref_torch.mhc` so that the plain modules run on DTensors sharded over tokens
+    (sequence parallelism) with no collective."""
+    lib = getattr(torch.ops, "hcref", None)
+    if lib is None or not hasattr(lib, "sinkhorn_log"):  # torch < 2.4: autograd.Functions, no custom ops
+        return
+
+    def token_shardings(ndim: int, outputs: tuple[int, ...], inputs: tuple[int | None, ...]) -> list[Any]:
+        """Replicate, and Shard(i) of every token axis i; each entry of outputs/inputs is the shift of its
+        token axes (1 for the stacked potentials), None for a non-tensor argument."""
+        found: list[Any] = [([Replicate()] * len(outputs), [None if o is None else Replicate() for o in inputs])]
+        for i in range(ndim - 2):
+            found.append(([Shard(i + o) for o in outputs], [None if o is None else Shard(i + o) for o in inputs]))
+        return found
+
+    @register_sharding(lib.sinkhorn_log.default)  # type: ignore[untyped-decorator]
+    def _log(Z: Any, iters: int) -> list[Any]:
+        return token_shardings(Z.ndim, (0, 1, 1), (0, None))
+
+    @register_sharding(lib.sinkhorn_log_backward.default)  # type: ignore[untyped-decorator]
+    def _log_bwd(g_P: Any, Z: Any, R: Any, C: Any) -> list[Any]:
+        return token_shardings(Z.ndim, (0,), (0, 0, 1, 1))
+
+    @register_sharding(lib.sinkhorn_v4.default)  # type: ignore[untyped-decorator]
+    def _v4(Z: Any, iters: int, eps: float) -> list[Any]:
+        return token_shardings(Z.ndim, (0, 1, 1), (0, None, None))
+
+    @register_sharding(lib.sinkhorn_v4_backward.default)  # type: ignore[untyped-decorator]
+    def _v4_bwd(g_P: Any, Z: Any, P: Any, R: Any, C: Any) -> list[Any]:
+        return token_shardings(Z.ndim, (0,), (0, 0, 0, 1, 1))
+
+
+_register_sinkhorn_strategies()
+
+
 _TP_CLASSES: dict[type, type] = {}
 
 
 class WidthParallel(ParallelStyle):
-    """Tensor parallelism for one ``HyperConnections`` / ``FracConnections`` module: the width sharded.
+    """Tensor parallelism for one ``HyperConnections`` / ``FracConnections`` / ``ManifoldHyperConnections`` /
+    ``MHCHead`` module: the width sharded (mHC: see the module docstring).
 
     ``parallelize_module(connection, tp_mesh, WidthParallel())`` (1-D mesh of T ranks, T dividing the
     width w: d for HC, d/m for FC) places ``W_alpha``, ``W_beta``, ``norm_weight``, ``norm_bias`` as
@@ -456,6 +705,9 @@ class WidthParallel(ParallelStyle):
     - ``depth(y, state)``: ``y`` a DTensor ``(..., d)``, ``Partial()`` (reduce-scattered into the width
       shards), ``Replicate()`` (sliced) or, for HC, ``Shard(-1)`` -> ``H_out`` sharded like ``H``.
     - ``forward(H, branch)`` is ``depth(branch(h0), state)`` as before.
+    - ``ManifoldHyperConnections``: ``width(H)`` -> ``h0`` as above and ``MHCState(H, h_post, h_res)``
+      (coefficients replicated local tensors); ``depth`` as above. ``MHCHead``: ``forward(H)`` -> ``x``
+      ``(..., d)`` a DTensor sharded on its last axis. ``phi`` is placed by :func:`mhc_phi_placement`.
 
     Collectives per site: see the module docstring of :mod:`hcref_torch.parallel`. State dicts hold the
     DTensors (``full_tensor()`` gives the contract's arrays).
@@ -466,23 +718,36 @@ class WidthParallel(ParallelStyle):
             raise ValueError(
                 f"device_mesh: expected a 1-D mesh (the tensor-parallel dimension), got {device_mesh.ndim} dims"
             )
-        if not isinstance(module, _Connection) or module.family not in FAMILIES:
-            raise TypeError(
-                f"module: expected a connection module of a family in {sorted(FAMILIES)}, got {type(module).__name__}"
+        mhc_plan = _mhc_plan(module)
+        width_keys: tuple[str, ...]
+        mixin: type
+        if mhc_plan is not None:
+            w, width_keys, mixin = (
+                mhc_plan.d,
+                ("phi",),
+                (_WidthParallelMHC if mhc_plan.family == "mhc" else _WidthParallelMHCHead),
             )
-        _, w = _rows(module)
+        elif isinstance(module, _Connection) and module.family in FAMILIES:
+            _, w = _rows(module)
+            width_keys, mixin = FAMILIES[module.family].width_keys, _WidthParallelConnection
+        else:
+            raise TypeError(
+                f"module: expected a connection module of a family in {sorted(FAMILIES)}, a "
+                f"ManifoldHyperConnections or an MHCHead, got {type(module).__name__}"
+            )
         size = device_mesh.size()
         if w % size:
             raise ValueError(f"module: the sharded width w={w} is not divisible by the mesh size {size}")
-        plan = FAMILIES[module.family]
-        for key in module.keys:
+        for key in module.keys:  # type: ignore[union-attr]
             param = getattr(module, key)
-            placements: list[Placement] = [Shard(0)] if key in plan.width_keys else [Replicate()]
+            placements: list[Placement] = [Replicate()]
+            if key in width_keys:
+                placements = [mhc_phi_placement(mhc_plan.rows) if mhc_plan is not None else Shard(0)]
             dt = distribute_tensor(param.detach(), device_mesh, placements)
             module.register_parameter(key, nn.Parameter(dt, requires_grad=param.requires_grad))
         cls = type(module)
         if cls not in _TP_CLASSES:
-            _TP_CLASSES[cls] = type(f"WidthParallel{cls.__name__}", (_WidthParallelConnection, cls), {})
+            _TP_CLASSES[cls] = type(f"WidthParallel{cls.__name__}", (mixin, cls), {})
         module.__class__ = _TP_CLASSES[cls]
         module._tp_mesh = device_mesh  # type: ignore[assignment]
         return module

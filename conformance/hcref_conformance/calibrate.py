@@ -30,10 +30,13 @@ from .loading import BackendLoadError, load_backend
 from .strategies import (
     COMPOSITES,
     LEAD_SIZES,
+    MHC_EPS,
+    MHC_ITERS,
     MIN_COMPOSITE_WIDTH,
     OP_NAMES,
     PROFILES,
     SCALES,
+    family_of_op,
     has_coefficients,
     is_composite,
     special_cases,
@@ -44,7 +47,9 @@ from .subject import NotApplicable
 def random_case(op: str, rng: np.random.Generator, dtype: str, max_rows: int = 16, max_width: int = 16) -> Case:
     """A case drawn from the space of the thorough profile's free draws (k, w up to 16)."""
     lead = tuple(int(rng.choice(LEAD_SIZES)) for _ in range(int(rng.integers(0, 3))))
-    scales = SCALES[:2] if dtype == "float16" else SCALES
+    scales: tuple[float, ...] = SCALES[:2] if dtype == "float16" else SCALES
+    if op == "sinkhorn":
+        scales = (1.0,)
     fields: dict[str, Any] = {
         "lead": lead,
         "k": int(rng.integers(1, max_rows + 1)),
@@ -59,6 +64,9 @@ def random_case(op: str, rng: np.random.Generator, dtype: str, max_rows: int = 1
             init=op.endswith("_prenorm") or bool(rng.integers(4) == 0),
             layer_index=int(rng.integers(0, 2 * max_rows + 1)),
         )
+        if family_of_op(op) == "mhc":  # mHC: Sinkhorn iterations and the V4 eps instead of norm and switches
+            fields.update(iters=int(MHC_ITERS[int(rng.integers(len(MHC_ITERS)))]),
+                          eps=float(MHC_EPS[int(rng.integers(len(MHC_EPS)))]))
     return Case(op=op, **fields)
 
 

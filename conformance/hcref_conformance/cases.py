@@ -7,7 +7,8 @@ that differ from their defaults), so a failure is reproduced by pasting the case
 
 The pseudo-dtype ``"mixed"`` is decision D12's production mix: the state (``H``, ``x``, ``y``,
 ``H_res``) and the sublayer in a half dtype (bfloat16, or float16 where the port has no
-bfloat16), parameters and coefficients (``params``, ``alpha``, ``beta``) in float32.
+bfloat16), parameters and coefficients (``params``, ``alpha``, ``beta``; mHC's ``h_pre``,
+``h_post``, ``h_res`` and Sinkhorn's logits ``Z``) in float32.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import numpy as np
 
 from hcref.checks import random_inputs
 from hcref.interface import DTYPES
-from hcref.optable import OPS
+from hcref.norms import rms_normalize
+from hcref.optable import ALL_OPS
 
 from .families import FAMILIES
 
@@ -30,6 +32,15 @@ MIXED = "mixed"
 
 STATE_INPUTS = ("x", "H", "y", "H_res")
 """Inputs that carry activations: scaled by ``Case.scale`` and in the half dtype when mixed."""
+
+LOGIT_PATTERNS: dict[str, str] = {
+    "big90": "every logit 90 above the draw: exp overflows float32 above 88.7 (a max shift is needed)",
+    "spread160": "diagonal logits +80, off-diagonal -80 (spread 160)",
+    "row-1e4": "row 0 of the logits 1e4 below the others (a plain exp underflows it to 0/0)",
+    "col-1e4": "column 0 of the logits 1e4 below the others",
+}
+"""Fixed patterns added to Sinkhorn's logits (``Z`` of ``sinkhorn``, the residual block of ``b``
+of ``mhc_coeffs``): where the paper's Sinkhorn must stay finite and exact (decision D7)."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +51,10 @@ class Case:
     Coefficient ops and composites also use ``dynamic``, ``norm``, the three switches, ``init``
     (initial instead of random parameters; ``layer_index`` for HC) and ``gates`` (when set,
     ``s_alpha = s_beta = gates``); composites use ``sublayer`` (see
-    :mod:`hcref_conformance.sublayer`) and ``sites`` (sites of a network).
+    :mod:`hcref_conformance.sublayer`) and ``sites`` (sites of a network). mHC ops and
+    composites use ``dynamic``, ``init`` (D10's ``hc_like`` preset), ``iters`` and ``eps`` (their
+    options; ``eps > 0`` is DeepSeek-V4's variant) instead of ``norm`` and the switches, and
+    ``logits`` (a key of :data:`LOGIT_PATTERNS`) adds a fixed pattern to Sinkhorn's logits.
     """
 
     op: str
@@ -59,6 +73,9 @@ class Case:
     gates: float | None = None
     sublayer: str = "mlp"
     sites: int = 2
+    iters: int = 20
+    eps: float = 0.0
+    logits: str = ""
 
     def __repr__(self) -> str:
         parts = [f"op={self.op!r}"]
@@ -70,24 +87,30 @@ class Case:
 
     @property
     def family(self) -> str:
-        """``hc``, ``fc`` or ``ends``."""
-        return OPS[self.op].family if self.op in OPS else self.op.split("_", 1)[0]
+        """``hc``, ``fc``, ``mhc`` or ``ends``."""
+        return ALL_OPS[self.op].family if self.op in ALL_OPS else self.op.split("_", 1)[0]
 
     @property
     def kind(self) -> str:
         """``op`` for an op, else ``site``, ``network`` or ``prenorm``."""
-        return "op" if self.op in OPS else self.op.split("_", 1)[1]
+        return "op" if self.op in ALL_OPS else self.op.split("_", 1)[1]
 
     @property
     def options(self) -> dict[str, Any]:
-        """Keyword options of the coefficient op (none for the other ops)."""
-        if self.op in OPS and not OPS[self.op].options:
-            return {}
-        return {"norm": self.norm, "use_tanh": self.use_tanh, "use_norm": self.use_norm, "use_scale": self.use_scale}
+        """Keyword options of the op (HC/FC coefficients: norm and switches; mHC: those of its
+        op table row among ``iters`` and ``eps``; none for the other ops)."""
+        if self.op in ALL_OPS:
+            names = ALL_OPS[self.op].options
+        else:
+            names = ("iters", "eps") if self.family == "mhc" else ("norm", "use_tanh", "use_norm", "use_scale")
+        return {name: getattr(self, name) for name in names}
 
     @property
     def contraction(self) -> int:
-        """The longest sum inside the op (for :func:`hcref.tolerances.tolerance`)."""
+        """The longest sum inside the op (for :func:`hcref.tolerances.tolerance`): mHC's
+        coefficients contract the flattened n*d state."""
+        if self.family == "mhc" and self.op not in ("mhc_pre", "mhc_post", "sinkhorn"):
+            return self.k * self.w
         return max(self.k, self.w) * (2 if self.family in FAMILIES else 1)
 
     @property
@@ -105,26 +128,99 @@ class Case:
         return self.with_gates(p)
 
     def with_gates(self, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``params`` with ``s_alpha = s_beta = gates`` when ``gates`` is set (dynamic sites)."""
+        """``params`` with ``s_alpha = s_beta = gates`` (mHC: all three ``gates``) when ``gates``
+        is set (dynamic sites)."""
         out = dict(params)
         if self.gates is not None and "s_alpha" in out:
             out["s_alpha"] = np.asarray(float(self.gates))
             out["s_beta"] = np.asarray(float(self.gates))
+        if self.gates is not None and "gates" in out:
+            out["gates"] = np.full(3, float(self.gates))
         return out
 
     def inputs(self) -> tuple[Any, ...]:
         """The op's positional inputs as float64 NumPy (ints stay ints, params a dict)."""
         rng = np.random.default_rng(self.seed)
-        args = random_inputs(self.op, rng, self.lead, self.k, self.w, dynamic=self.dynamic, norm=self.norm)
+        kw: dict[str, Any] = {"dynamic": self.dynamic} if self.family == "mhc" else {"dynamic": self.dynamic,
+                                                                                       "norm": self.norm}
+        if self.op in ("sinkhorn", "mhc_pre", "mhc_post"):
+            kw = {}
+        args = random_inputs(self.op, rng, self.lead, self.k, self.w, **kw)
         if self.op.endswith("_coeffs"):
             args = (args[0], self.params(rng))
-        names = OPS[self.op].inputs
+        elif self.op == "mhc_head" and self.init:
+            args = (args[0], hcref_init_head(self.k, self.w))
+        if self.logits:
+            args = self._with_logits(args)
+        names = ALL_OPS[self.op].inputs
         return tuple(a * self.scale if name in STATE_INPUTS and self.scale != 1.0 else a
                      for name, a in zip(names, args, strict=True))
+
+    def _with_logits(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``args`` with :data:`LOGIT_PATTERNS` ``[logits]`` added to Sinkhorn's logits."""
+        if self.op == "sinkhorn":
+            return (args[0] + logit_pattern(self.logits, self.k),)
+        if self.op == "mhc_coeffs":
+            params = dict(args[1])
+            n = self.k
+            b = params["b"].copy()
+            b[2 * n:] += logit_pattern(self.logits, n).reshape(-1)
+            params["b"] = b
+            return (args[0], params)
+        return args
 
     def cotangent_rng(self) -> np.random.Generator:
         """The generator of this case's output cotangents (independent of the inputs)."""
         return np.random.default_rng([self.seed, 1])
+
+
+def hcref_init_head(n: int, d: int) -> dict[str, np.ndarray]:
+    """The mHC head's initial parameters (:func:`hcref.init_mhc_head`)."""
+    import hcref
+
+    return hcref.init_mhc_head(n, d)
+
+
+def logit_pattern(name: str, n: int) -> np.ndarray:
+    """The (n, n) pattern :data:`LOGIT_PATTERNS` ``[name]``."""
+    if name not in LOGIT_PATTERNS:
+        raise ValueError(f"logits: expected one of {sorted(LOGIT_PATTERNS)}, got {name!r}")
+    P = np.zeros((n, n))
+    if name == "big90":
+        P += 90.0
+    elif name == "spread160":
+        P += np.where(np.eye(n, dtype=bool), 80.0, -80.0)
+    elif name == "row-1e4":
+        P[0, :] -= 1e4
+    else:
+        P[:, 0] -= 1e4
+    return P
+
+
+def sinkhorn_logits(H: np.ndarray, params: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The residual logits ``mat(gates[2] z_res + b_res)`` (..., n, n) that ``mhc_coeffs`` hands
+    to Sinkhorn (float64; ``b_res`` alone for a static site), for :func:`sinkhorn_conditioning`."""
+    n = H.shape[-2]
+    b_res = np.asarray(params["b"], dtype=np.float64)[2 * n:].reshape(n, n)
+    if "phi" not in params:
+        return np.broadcast_to(b_res, H.shape[:-2] + (n, n))
+    v_hat, _ = rms_normalize(np.asarray(H, np.float64).reshape(H.shape[:-2] + (n * H.shape[-1],)), 1e-6)
+    z = v_hat @ np.asarray(params["phi"], dtype=np.float64)[:, 2 * n:]
+    return (float(np.asarray(params["gates"])[2]) * z).reshape(H.shape[:-2] + (n, n)) + b_res
+
+
+def sinkhorn_conditioning(logits: np.ndarray) -> float:
+    """Factor on the tolerance of anything computed through Sinkhorn: ``max(1, max|Z|)``.
+
+    Why: every iterate is ``exp(Z - r - c)`` with potentials ``r``, ``c`` of the size of the
+    logits, so in a dtype of unit roundoff u the exponent carries an absolute error of about
+    ``max|Z| u``, and the result a relative error of about ``max|Z| u`` (float32 Sinkhorn on
+    logits of size 1e4 errs about 1e4 * 2^-24 = 6e-4 relative, and no implementation does
+    better). The suite's draws have logits of order 1 (factor 1 to about 5); the fixed
+    :data:`LOGIT_PATTERNS` cases (90, 160, 1e4) get the factor their logits imply, which still
+    catches a NaN, an inf, a wrong order or a missing iteration.
+    """
+    return max(1.0, float(np.max(np.abs(logits)))) if np.size(logits) else 1.0
 
 
 def half_dtype(supported: Sequence[str]) -> str:
@@ -159,8 +255,13 @@ def result_dtype(op: str, output: str, dtypes: Mapping[str, str]) -> str:
     """The dtype output ``output`` of ``op`` must have for inputs of ``dtypes`` (decision D12).
 
     Ends keep their input's dtype; coefficient ops return the promoted dtype of all their inputs;
-    width outputs keep the state's dtype (``H``); depth returns ``promote(y, H_res)``.
+    width outputs and ``mhc_pre`` / ``mhc_head`` keep the state's dtype (``H``); depth returns
+    ``promote(y, H_res)``, ``mhc_post`` ``promote(y, H)``, ``sinkhorn`` Z's dtype.
     """
+    if op in ("mhc_pre", "mhc_head"):
+        return dtypes["H"]
+    if op == "mhc_post":
+        return promote(dtypes["y"], dtypes["H"])
     if op.endswith("_coeffs"):
         return promote(*dtypes.values())
     if op.endswith("_width"):

@@ -11,7 +11,14 @@ op and a reason class; any exception the port raises on valid input becomes such
     site      coeffs -> width -> sublayer -> depth (forward and VJP), or the port's own ``site``
     network   begin -> sites -> end (forward and VJP)
     prenorm   a network at its initial parameters (the port's own initialiser when it declares
-              one) equals the Pre-Norm residual stack ``h <- h + T(h)`` (HC: after / n)
+              one) equals the Pre-Norm residual stack ``h <- h + T(h)`` (HC: after / n; mHC:
+              after / n, with ``T(c h)``, ``c = sum(h_pre)`` at D10's init, math.md 4.4: the
+              stack a scale-invariant sublayer would make exactly ``h + T(h)``)
+
+Tolerances are :func:`hcref.tolerances.tolerance` of the dtype, kind and contraction length;
+anything computed through Sinkhorn (``sinkhorn``, ``mhc_coeffs``, mHC sites and networks) has
+both parts multiplied by :func:`~hcref_conformance.cases.sinkhorn_conditioning` of its logits
+(``max(1, max|Z|)``, largest over the sites).
 
 The sublayer ``T`` of sites and networks is the suite's (:mod:`hcref_conformance.sublayer`):
 Python operators only, never the port's ops. A leading axis of size 0 must give empty outputs
@@ -25,11 +32,23 @@ from typing import Any
 
 import numpy as np
 
-from hcref.optable import OPS
-from hcref.tolerances import tolerance
+from hcref.optable import ALL_OPS
+from hcref.tolerances import Tolerance, tolerance
 
 from . import sublayer as sub
-from .cases import MIXED, Case, describe, input_dtypes, lowest, repro_snippet, result_dtype, to_backend, to_reference
+from .cases import (
+    MIXED,
+    Case,
+    describe,
+    input_dtypes,
+    lowest,
+    repro_snippet,
+    result_dtype,
+    sinkhorn_conditioning,
+    sinkhorn_logits,
+    to_backend,
+    to_reference,
+)
 from .compare import ConformanceError, Context, assert_close, assert_exact_zero, assert_structure, error_ratio
 from .emulate import RoundedSublayer, RoundingBackend
 from .families import (
@@ -95,9 +114,11 @@ def check_holds(case: Case, dtype: str) -> None:
 def applicable(subject: Subject, case: Case) -> None:
     """Raise :class:`NotApplicable` when the port does not declare what ``case`` needs."""
     support = subject.support
-    if case.op in OPS and not support.has_op(case.op):
+    if case.op in ALL_OPS and not support.has_op(case.op):
         raise NotApplicable(f"op {case.op} not declared")
-    if case.op not in OPS:
+    if case.op in ALL_OPS and case.family not in ("ends", *support.families):
+        raise NotApplicable(f"family {case.family} not declared")
+    if case.op not in ALL_OPS:
         subject.entry(case.family)
     reason = requirements(case, support)
     if reason:
@@ -136,11 +157,12 @@ def _call(ctx: Context, what: str, fn: Callable[[], Any]) -> Any:
 
 def _compare_tree(ctx: Context, backend: Any, label: str, out: Any, ref: Any, dtype: str, kind: str,
                   contraction: int, composite: bool = False, scale: float | None = None,
-                  tol_dtype: str | None = None, zero_lead: bool = False) -> float:
+                  tol_dtype: str | None = None, zero_lead: bool = False, conditioning: float = 1.0) -> float:
     """Compare an array or a mapping of arrays (structure, dtype, values); a mapping (parameter
-    cotangents) is scaled as one vector by the largest ``max|ref|`` of its keys."""
+    cotangents) is scaled as one vector by the largest ``max|ref|`` of its keys. ``conditioning``
+    multiplies the tolerance (Sinkhorn's, :func:`~hcref_conformance.cases.sinkhorn_conditioning`)."""
     __tracebackhide__ = True
-    tol = tolerance(tol_dtype or dtype, kind, contraction=contraction, composite=composite)
+    tol = _scaled(tolerance(tol_dtype or dtype, kind, contraction=contraction, composite=composite), conditioning)
     reason = "gradient" if kind == "gradient" else "value"
     if isinstance(ref, Mapping):
         if not isinstance(out, Mapping) or set(out) != set(ref):
@@ -149,7 +171,7 @@ def _compare_tree(ctx: Context, backend: Any, label: str, out: Any, ref: Any, dt
                            label=label)
         whole = _tree_max(ref) if scale is None else scale
         return max((_compare_tree(ctx, backend, f"{label}[{key!r}]", out[key], ref[key], dtype, kind, contraction,
-                                  composite, whole, tol_dtype, zero_lead) for key in ref), default=0.0)
+                                  composite, whole, tol_dtype, zero_lead, conditioning) for key in ref), default=0.0)
     if out is None:
         raise ctx.fail(f"{label}: got None, expected an array of shape {np.shape(ref)}", reason=reason, label=label)
     got = np.asarray(backend.to_numpy(out))
@@ -157,6 +179,19 @@ def _compare_tree(ctx: Context, backend: Any, label: str, out: Any, ref: Any, dt
     if zero_lead:
         assert_exact_zero(ctx, label, got)
     return assert_close(ctx, label, got, np.asarray(ref, dtype=np.float64), tol, scale, reason=reason)
+
+
+def _scaled(tol: Tolerance, factor: float) -> Tolerance:
+    return tol if factor == 1.0 else Tolerance(tol.rtol * factor, tol.atol * factor)
+
+
+def op_conditioning(op: str, rounded: Sequence[Any]) -> float:
+    """Sinkhorn's conditioning factor of an op's (rounded, float64) inputs; 1 for ops without Sinkhorn."""
+    if op == "sinkhorn":
+        return sinkhorn_conditioning(np.asarray(rounded[0]))
+    if op == "mhc_coeffs":
+        return sinkhorn_conditioning(sinkhorn_logits(rounded[0], rounded[1]))
+    return 1.0
 
 
 def _cotangents(backend: Any, case: Case, refs: Sequence[np.ndarray], dtypes: Sequence[str], device: str
@@ -170,7 +205,7 @@ def _prepare_op(subject: Subject, case: Case, dtype: str, check: str
                 ) -> tuple[Any, list[Any], list[Any], dict[str, str], Context, tuple[Any, ...], ReferenceOps]:
     applicable(subject, case)
     check_holds(case, subject.half if dtype == MIXED else dtype)
-    spec = OPS[case.op]
+    spec = ALL_OPS[case.op]
     dts = input_dtypes(spec.inputs, dtype, subject.half)
     backend = subject.backend
     native = to_backend(backend, case.inputs(), dts, subject.device)
@@ -186,14 +221,16 @@ def _prepare_op(subject: Subject, case: Case, dtype: str, check: str
 def check_forward(subject: Subject, case: Case, dtype: str) -> float:
     """Every output of ``port.<op>`` against ``hcref.<op>``, with its shape and dtype."""
     __tracebackhide__ = True
-    spec, native, _, arrays, ctx, refs, _ = _prepare_op(subject, case, dtype, "forward")
+    spec, native, rounded, arrays, ctx, refs, _ = _prepare_op(subject, case, dtype, "forward")
     outs = _tuple(_call(ctx, case.op, lambda: getattr(subject.backend, case.op)(*native, **case.options)))
     if len(outs) != len(refs):
         raise ctx.fail(f"expected {len(refs)} outputs {spec.outputs}, got {len(outs)}", reason="value")
     worst = 0.0
+    factor = op_conditioning(case.op, rounded)
     for name, o, r in zip(spec.outputs, outs, refs, strict=True):
         out_dtype = result_dtype(case.op, name, arrays)
-        worst = max(worst, _compare_tree(ctx, subject.backend, name, o, r, out_dtype, "forward", case.contraction))
+        worst = max(worst, _compare_tree(ctx, subject.backend, name, o, r, out_dtype, "forward", case.contraction,
+                                         conditioning=factor))
     return worst
 
 
@@ -223,10 +260,11 @@ def check_vjp(subject: Subject, case: Case, dtype: str) -> float:
     whole = max(_tree_max(r) for r in ref_grads)
     zero_lead = 0 in case.lead
     worst = 0.0
+    factor = op_conditioning(case.op, rounded)
     for name, g, r in zip(spec.differentiable, grads, ref_grads, strict=True):
         worst = max(worst, _compare_tree(ctx, subject.backend, f"g_{name}", g, r, arrays[name], "gradient",
                                          case.contraction, False, whole,
-                                         zero_lead=zero_lead and isinstance(r, Mapping)))
+                                         zero_lead=zero_lead and isinstance(r, Mapping), conditioning=factor))
     return worst
 
 
@@ -292,12 +330,17 @@ def check_composite(subject: Subject, case: Case, dtype: str) -> float:
     opts = case.options
     ref_ns = ReferenceOps(subject.support.norm_eps)
     contraction = max(case.contraction, 2 * fam.model_width(case.k, case.w))
+    factor = 1.0
     if kind == "site":
         ref, ref_tape = site_forward(ref_ns, fam, state_r, params_r[0], T_ref[0], opts)
+        if family == "mhc":
+            factor = sinkhorn_conditioning(sinkhorn_logits(state_r, params_r[0]))
     elif kind == "network":
         ref, ref_tape = network_forward(ref_ns, fam, case.k, state_r, params_r, T_ref, opts)
+        if family == "mhc":
+            factor = max(sinkhorn_conditioning(sinkhorn_logits(t[0], t[1])) for t in ref_tape[3])
     else:
-        ref, ref_tape = residual_stack(state_r, T_ref), ()
+        ref, ref_tape = residual_stack(state_r, prenorm_sublayers(case, T_ref)), ()
     check_range(state_dtype, [ref])
     # The gate measures the case's conditioning at the specification's parameters: at init those
     # of decision D2, whatever the port's own initialiser returned.
@@ -306,20 +349,21 @@ def check_composite(subject: Subject, case: Case, dtype: str) -> float:
         ideal_params = to_reference(backend, to_backend(backend, [
             case.with_gates(fam.init(case.k, case.w, case.layer_index + i, dynamic=case.dynamic, norm=case.norm))
             for i in range(len(params_r))], param_dtype, device))
-    ideal_grads = _ideal_gate(case, state_dtype, state_r, ideal_params, T_ref, ref, contraction)
-    fwd_tol = tolerance(state_dtype, "forward", contraction=contraction, composite=True)
+    ideal_grads = _ideal_gate(case, state_dtype, state_r, ideal_params, T_ref, ref, contraction, factor)
+    fwd_tol = _scaled(tolerance(state_dtype, "forward", contraction=contraction, composite=True), factor)
     if kind == "prenorm":
         out = _call(ctx, "network", lambda: subject.network(family, case.k, state, params, T_native, opts))
-        got = np.asarray(backend.to_numpy(out), dtype=np.float64) / (case.k if family == "hc" else 1)
+        got = np.asarray(backend.to_numpy(out), dtype=np.float64) / (case.k if fam.streams else 1)
         assert_structure(ctx, "out", np.shape(ref), state_dtype, got.shape, backend.dtype_name(out))
-        what = "reduce(out) / n" if family == "hc" else "frac_merge(out)"
-        return assert_close(ctx, f"{what} vs the Pre-Norm residual stack x + T(x)", got, ref, fwd_tol)
+        what = "reduce(out) / n" if fam.streams else "frac_merge(out)"
+        stack = "x + T(c x), c = sum(h_pre) at D10's init" if family == "mhc" else "x + T(x)"
+        return assert_close(ctx, f"{what} vs the Pre-Norm residual stack {stack}", got, ref, fwd_tol)
     if kind == "site":
         out = _call(ctx, "site", lambda: subject.site(family, state, params[0], T_native[0], opts))
     else:
         out = _call(ctx, "network", lambda: subject.network(family, case.k, state, params, T_native, opts))
     worst = _compare_tree(ctx, backend, "H_out" if kind == "site" else "out", out, ref, state_dtype, "forward",
-                          contraction, True)
+                          contraction, True, conditioning=factor)
     try:
         subject.gradient_mode(family)
     except NotApplicable:
@@ -333,7 +377,7 @@ def check_composite(subject: Subject, case: Case, dtype: str) -> float:
         ref_grads = network_backward(ref_ns, fam, T_ref, ref_tape, cot_rounded[0], opts)
     check_range(state_dtype, ref_grads)
     whole = max(_tree_max(r) for r in ref_grads)
-    grad_tol = tolerance(state_dtype, "gradient", contraction=contraction, composite=True)
+    grad_tol = _scaled(tolerance(state_dtype, "gradient", contraction=contraction, composite=True), factor)
     for g, r in zip(ideal_grads(cot_rounded[0]), ref_grads, strict=True):
         if _compare_ideal(g, r, grad_tol, whole) > REJECT_ABOVE:
             raise IllConditioned(f"an ideal {state_dtype} port already uses over {REJECT_ABOVE:g} of the "
@@ -347,12 +391,28 @@ def check_composite(subject: Subject, case: Case, dtype: str) -> float:
     for i, (name, g, r) in enumerate(zip(names, grads, ref_grads, strict=True)):
         worst = max(worst, _compare_tree(ctx, backend, f"g_{name}", g, r, state_dtype if i == 0 else param_dtype,
                                          "gradient", contraction, True, whole, tol_dtype=state_dtype,
-                                         zero_lead=zero_lead and i > 0))
+                                         zero_lead=zero_lead and i > 0, conditioning=factor))
     return worst
 
 
+def prenorm_sublayers(case: Case, sublayers: Sequence[Any]) -> list[Any]:
+    """The sublayers of the Pre-Norm stack a network at init equals: ``T`` itself (HC, FC), or
+    ``h -> T(c h)`` with ``c = sum(h_pre)`` of each mHC site at D10's initial parameters (whose
+    ``phi = 0`` makes ``h_pre`` independent of the state; math.md 4.4)."""
+    if case.family != "mhc":
+        return list(sublayers)
+    fam = FAMILIES["mhc"]
+    out = []
+    for i, T in enumerate(sublayers):
+        p = case.with_gates(fam.init(case.k, case.w, case.layer_index + i, dynamic=case.dynamic, norm=case.norm))
+        h_pre = ReferenceOps().call("mhc_coeffs", np.ones((case.k, case.w)), p, **case.options)[0]
+        c = float(np.sum(h_pre))
+        out.append(lambda h, T=T, c=c: T(c * h))
+    return out
+
+
 def _ideal_gate(case: Case, dtype: str, state: np.ndarray, params: list[Any], subs: list[Any], ref: np.ndarray,
-                contraction: int) -> Callable[[np.ndarray], list[Any]]:
+                contraction: int, factor: float = 1.0) -> Callable[[np.ndarray], list[Any]]:
     """Run the composite on the ideal ``dtype`` port (:mod:`hcref_conformance.emulate`) and raise
     :class:`IllConditioned` when its forward error already exceeds :data:`REJECT_ABOVE` of the
     tolerance; return a function giving its cotangents for an output cotangent."""
@@ -364,8 +424,9 @@ def _ideal_gate(case: Case, dtype: str, state: np.ndarray, params: list[Any], su
         out, tape = site_forward(ns, fam, state, params[0], ideal_subs[0], case.options)
     else:
         out, tape = network_forward(ns, fam, case.k, state, params, ideal_subs, case.options)
-    out = out / (case.k if kind == "prenorm" and case.family == "hc" else 1)
-    ratio = error_ratio(out, np.asarray(ref), tolerance(dtype, "forward", contraction=contraction, composite=True))
+    out = out / (case.k if kind == "prenorm" and fam.streams else 1)
+    tol = _scaled(tolerance(dtype, "forward", contraction=contraction, composite=True), factor)
+    ratio = error_ratio(out, np.asarray(ref), tol)
     if ratio > REJECT_ABOVE:
         raise IllConditioned(f"an ideal {dtype} port already reaches {ratio:.2g} of the forward tolerance")
 

@@ -27,6 +27,9 @@ _HC = hcref.init_hc(4, 8, 0)
 _FC = hcref.init_fc(4, 32)
 _ALPHA_HC = _rng.standard_normal((2, 4, 5))
 _ALPHA_FC = _rng.standard_normal((2, 4, 8))
+_MHC = hcref.init_mhc(4, 8, 0)           # mHC: n = 4, d = 8 on _H
+_MHC_HEAD = hcref.init_mhc_head(4, 8)
+_Z = _rng.standard_normal((2, 4, 4))
 
 
 def _without(params: dict[str, np.ndarray], key: str) -> dict[str, np.ndarray]:
@@ -83,6 +86,36 @@ BAD_INPUTS: list[tuple[str, str, tuple[Any, ...], dict[str, Any]]] = [
     ("y-last1", "fc_depth", (np.ones((2, 1)), _H, np.ones((2, 4))), {}),
     ("beta-last1", "fc_depth", (np.ones((2, 32)), _H, np.ones((2, 1))), {}),
     ("y-lead1", "fc_depth", (np.ones((1, 32)), _H, np.ones((2, 4))), {}),
+    ("non-square", "sinkhorn", (np.ones((2, 4, 3)),), {}),
+    ("rank1", "sinkhorn", (np.ones(4),), {}),
+    ("iters0", "sinkhorn", (_Z,), {"iters": 0}),
+    ("iters-float", "sinkhorn", (_Z,), {"iters": 2.0}),
+    ("eps-negative", "sinkhorn", (_Z,), {"eps": -1e-6}),
+    ("missing-key", "mhc_coeffs", (_H, _without(_MHC, "gates")), {}),
+    ("extra-key", "mhc_coeffs", (_H, _with(_MHC, "W_alpha", np.ones(3))), {}),
+    ("hc-keys", "mhc_coeffs", (_H, _HC), {}),
+    ("phi-shape", "mhc_coeffs", (_H, _with(_MHC, "phi", np.zeros((8, 24)))), {}),
+    ("b-broadcast", "mhc_coeffs", (_H, _with(_MHC, "b", np.ones(1))), {}),
+    ("gates-shape", "mhc_coeffs", (_H, _with(_MHC, "gates", np.ones(1))), {}),
+    ("n-mismatch", "mhc_coeffs", (_H[..., :3, :], _MHC), {}),
+    ("iters0", "mhc_coeffs", (_H, _MHC), {"iters": 0}),
+    ("eps-negative", "mhc_coeffs", (_H, _MHC), {"eps": -1.0}),
+    ("h_pre-n", "mhc_pre", (_H, np.ones((2, 3))), {}),
+    ("h_pre-broadcast", "mhc_pre", (_H, np.ones(4)), {}),
+    ("h_pre-last1", "mhc_pre", (_H, np.ones((2, 1))), {}),
+    ("h_pre-lead1", "mhc_pre", (_H, np.ones((1, 4))), {}),
+    ("y-width", "mhc_post", (np.ones((2, 7)), _H, np.ones((2, 4)), _Z), {}),
+    ("y-broadcast", "mhc_post", (np.ones(8), _H, np.ones((2, 4)), _Z), {}),
+    ("y-last1", "mhc_post", (np.ones((2, 1)), _H, np.ones((2, 4)), _Z), {}),
+    ("h_post-n", "mhc_post", (np.ones((2, 8)), _H, np.ones((2, 3)), _Z), {}),
+    ("h_res-non-square", "mhc_post", (np.ones((2, 8)), _H, np.ones((2, 4)), _Z[..., :3]), {}),
+    ("h_res-broadcast", "mhc_post", (np.ones((2, 8)), _H, np.ones((2, 4)), _Z[0]), {}),
+    ("h_res-lead1", "mhc_post", (np.ones((2, 8)), _H, np.ones((2, 4)), _Z[:1]), {}),
+    ("missing-key", "mhc_head", (_H, _without(_MHC_HEAD, "gate")), {}),
+    ("site-keys", "mhc_head", (_H, _MHC), {}),
+    ("phi-shape", "mhc_head", (_H, _with(_MHC_HEAD, "phi", np.zeros((32, 3)))), {}),
+    ("eps-negative", "mhc_head", (_H, _MHC_HEAD), {"eps": -1e-6}),
+    ("rank1", "mhc_head", (np.ones(8), _MHC_HEAD), {}),
 ]
 """Every bad input of the contract the suite tries, by op (size-1 axes included: a port that
 broadcasts them silently fails)."""
@@ -92,6 +125,12 @@ def _undeclared(support: Any, op: str, args: tuple[Any, ...], options: dict[str,
     """Why a bad input needs what the port does not declare (apart from its one bad part)."""
     from hcref.validation import NORMS
 
+    if op in ("sinkhorn", "mhc_coeffs", "mhc_head"):
+        if op != "mhc_head" and "iters" in options and support.iters is not None:
+            return "a fixed number of Sinkhorn iterations declared"
+        if op == "mhc_coeffs" and "dynamic" not in support.modes:
+            return "dynamic coefficients not declared"
+        return None
     if any(isinstance(a, dict) and "W_alpha" in a for a in args) and "dynamic" not in support.modes:
         return "dynamic coefficients not declared"
     if op.endswith("_coeffs"):

@@ -1,4 +1,4 @@
-"""The families the suite knows (HC, FC), as one table, and the composition of their sites.
+"""The families the suite knows (HC, FC, mHC), as one table, and the composition of their sites.
 
 A :class:`Family` names its ops, its ends and its initialiser; :func:`site_forward` /
 :func:`site_backward` and :func:`network_forward` / :func:`network_backward` compose them over
@@ -12,8 +12,10 @@ a *namespace* (an object with ``call(op, *args, **options)`` and ``vjp(op, args,
 so the reference site and network (and, for a port whose ``vjp`` only differentiates its own
 ops, the chained composite VJP) are the same code. The composition equals :func:`hcref.site`,
 :func:`hcref.site_vjp` and :func:`hcref.network.stack` / ``stack_vjp`` (checked by the project's
-tests). Adding a family (mHC) is one :class:`Family` entry with its ``site_forward`` /
-``site_backward`` steps, its initialiser and its properties (:mod:`hcref_conformance.properties`).
+tests). A family is one :class:`Family` entry with its ``site_forward`` / ``site_backward``
+steps, its initialiser and its properties (:mod:`hcref_conformance.properties`); mHC's site is
+``h_pre, h_post, h_res = mhc_coeffs(H, params)``, ``h0 = mhc_pre(H, h_pre)``, ``H_out =
+mhc_post(T(h0), H, h_post, h_res)`` (:func:`mhc_forward` / :func:`mhc_backward`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 import hcref
 from hcref.checks import op_function, random_params
 from hcref.norms import LAYERNORM_EPS, RMSNORM_EPS, layernorm, layernorm_vjp, rmsnorm, rmsnorm_vjp
-from hcref.optable import OPS
+from hcref.optable import ALL_OPS
 from hcref.validation import norm_keys
 
 D1_EPS = {"layernorm": LAYERNORM_EPS, "rmsnorm": RMSNORM_EPS}
@@ -55,6 +57,26 @@ def width_depth_backward(ns: Any, family: Family, T_vjp: Callable[[Any, Any], An
     g_H_width, g_alpha = ns.vjp(family.width, (H, alpha), (T_vjp(h0, g_y), g_H_res))
     g_H_coeffs, g_params = ns.vjp(family.coeffs, (H, params), (g_alpha, g_beta), **options)
     return g_H_width + g_H_coeffs, g_params
+
+
+def mhc_forward(ns: Any, family: Family, H: Any, params: Any, T: Callable[[Any], Any],
+                options: Mapping[str, Any]) -> tuple[Any, Tape]:
+    """``H_out = mhc_post(T(h0), H, h_post, h_res)``, ``h0 = mhc_pre(H, h_pre)``, ``h_pre, h_post,
+    h_res = mhc_coeffs(H, params)`` (mHC paper Eq. 3); returns ``H_out`` and the tape."""
+    h_pre, h_post, h_res = ns.call(family.coeffs, H, params, **options)
+    h0 = ns.call(family.width, H, h_pre)
+    y = T(h0)
+    return ns.call(family.depth, y, H, h_post, h_res), (H, params, h_pre, h_post, h_res, h0, y)
+
+
+def mhc_backward(ns: Any, family: Family, T_vjp: Callable[[Any, Any], Any], tape: Tape, g_out: Any,
+                 options: Mapping[str, Any]) -> tuple[Any, Any]:
+    """``(g_H, g_params)`` of :func:`mhc_forward` by the chain rule over the ops' VJPs."""
+    H, params, h_pre, h_post, h_res, h0, y = tape
+    g_y, g_H_post, g_h_post, g_h_res = ns.vjp(family.depth, (y, H, h_post, h_res), (g_out,))
+    g_H_pre, g_h_pre = ns.vjp(family.width, (H, h_pre), (T_vjp(h0, g_y),))
+    g_H_coeffs, g_params = ns.vjp(family.coeffs, (H, params), (g_h_pre, g_h_post, g_h_res), **options)
+    return g_H_post + g_H_pre + g_H_coeffs, g_params
 
 
 def site_forward(ns: Any, family: Family, H: Any, params: Any, T: Callable[[Any], Any],
@@ -91,19 +113,28 @@ class Family:
     def ops(self) -> tuple[str, ...]:
         return (self.coeffs, self.width, self.depth)
 
+    @property
+    def streams(self) -> bool:
+        """Whether the rows are streams that each carry the residual (HC, mHC: ``reduce`` sums
+        n copies at init) rather than fractions of it (FC)."""
+        return self.name in ("hc", "mhc")
+
     def model_width(self, k: int, w: int) -> int:
-        """``d`` of the layer input for ``k`` rows of width ``w`` (HC: w, FC: k * w)."""
-        return w if self.name == "hc" else k * w
+        """``d`` of the layer input for ``k`` rows of width ``w`` (HC, mHC: w, FC: k * w)."""
+        return w if self.streams else k * w
 
     def init(self, k: int, w: int, layer_index: int, *, dynamic: bool, norm: str) -> dict[str, np.ndarray]:
-        """The reference's initial parameters (decision D2)."""
+        """The reference's initial parameters (decision D2; mHC: D10's ``hc_like`` preset)."""
         if self.name == "hc":
             return hcref.init_hc(k, w, layer_index, dynamic=dynamic, norm=norm)
+        if self.name == "mhc":
+            return hcref.init_mhc(k, w, layer_index, dynamic=dynamic)
         return hcref.init_fc(k, k * w, dynamic=dynamic, norm=norm)
 
     def random_params(self, k: int, w: int, rng: np.random.Generator, *, dynamic: bool,
                       norm: str) -> dict[str, np.ndarray]:
-        """Random (not initial) parameters of a site (:func:`hcref.checks.random_params`)."""
+        """Random (not initial) parameters of a site (:func:`hcref.checks.random_params`; ``norm``
+        is ignored for mHC, which has no norm option)."""
         return random_params(self.name, k, w, rng, dynamic=dynamic, norm=norm)
 
 
@@ -112,11 +143,11 @@ FAMILIES: dict[str, Family] = {
                  width_depth_forward, width_depth_backward),
     "fc": Family("fc", "fc_coeffs", "fc_width", "fc_depth", "frac_split", "frac_merge", "m", "e",
                  width_depth_forward, width_depth_backward),
+    "mhc": Family("mhc", "mhc_coeffs", "mhc_pre", "mhc_post", "expand", "reduce", "n", "d",
+                  mhc_forward, mhc_backward),
 }
-"""Every family the suite checks. mHC joins with one entry (``mhc_coeffs``, ``mhc_pre``, ``mhc_post``,
-``expand``/``reduce``, :func:`hcref.init_mhc`, and a forward/backward pair ``h0 = mhc_pre(H,
-h_pre)``, ``H_out = mhc_post(T(h0), H, h_post, h_res)``) once ``hcref.optable.MHC_OPS`` is on main;
-a port then declares it in ``Support.families`` (only ``hcref_numpy`` would at first)."""
+"""Every family the suite checks (for mHC the "width" step is ``mhc_pre`` and the "depth" step
+``mhc_post``; its ends are HC's)."""
 
 
 def family_of(name: str) -> Family:
@@ -136,7 +167,7 @@ class ReferenceOps:
         self.eps = {key: float(value) for key, value in (eps or {}).items() if value != D1_EPS.get(key)}
 
     def _custom(self, op: str, options: Mapping[str, Any]) -> bool:
-        return (op.endswith("_coeffs") and options.get("norm", "layernorm") in self.eps
+        return (op in ("hc_coeffs", "fc_coeffs") and options.get("norm", "layernorm") in self.eps
                 and options.get("use_norm", True))
 
     def call(self, op: str, *args: Any, **options: Any) -> Any:
@@ -187,7 +218,7 @@ class PortOps:
         return getattr(self.port, op)(*args, **options)
 
     def vjp(self, op: str, args: Sequence[Any], cotangents: Sequence[Any], **options: Any) -> tuple[Any, ...]:
-        spec = OPS[op]
+        spec = ALL_OPS[op]
         positions = [spec.inputs.index(name) for name in spec.differentiable]
         function = getattr(self.port, op)
 

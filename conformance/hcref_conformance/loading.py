@@ -82,8 +82,22 @@ def spec_of(backend: Any) -> str:
     return _SPECS.get(id(backend)) or str(getattr(backend, "name", type(backend).__module__))
 
 
+FRAMEWORKS = {"hcref_torch": "torch", "hcref_jax": "jax", "hcref_mlx": "mlx"}
+"""The framework each first-party backend needs."""
+
+
 def is_installed(module_name: str) -> bool:
-    """Whether ``module_name`` can be found without importing it (no framework is loaded)."""
+    """Whether ``module_name`` and, for a first-party backend, its framework (:data:`FRAMEWORKS`)
+    can be found without importing them (no framework is loaded): ``hcref_torch`` installed
+    without torch is not installed for ``--all``."""
     import importlib.util
 
-    return importlib.util.find_spec(module_name) is not None
+    for name in (module_name, FRAMEWORKS.get(module_name)):
+        if name is None:
+            continue
+        try:
+            if importlib.util.find_spec(name) is None:
+                return False
+        except (ImportError, ValueError):  # a parent package missing, or a module without a spec
+            return False
+    return True

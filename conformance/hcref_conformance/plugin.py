@@ -44,6 +44,11 @@ from typing import Any
 
 import pytest
 
+try:
+    import hypothesis  # noqa: F401  (the suite's other dependency; pytest is loading this plugin)
+except ImportError:  # pragma: no cover - exercised in a subprocess by the project's tests
+    raise ImportError('the hcref conformance suite needs hypothesis: pip install "hcref[conformance]"') from None
+
 from .loading import BackendLoadError, load_backend, spec_of
 from .options import DEFAULT_PROFILE, NO_SHRINK, OPTIONS
 from .report import CHECK_COLUMN, STAGES, Recorder, document, write_json, write_markdown
@@ -457,7 +462,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
               "framework_version": getattr(b, "framework_version", None), "device": state.device,
               "dtypes": state.dtypes, "unsupported_dtypes": state.unsupported, "profile": state.profile,
               "max_examples": state.max_examples, "seed": state.seed, "exitstatus": int(exitstatus),
-              "declared": _support_lines(state.subject), "composite_vjp": _gradient_line(state.subject)}
+              "declared": _support_lines(state.subject), "families": list(state.subject.support.families),
+              "composite_vjp": _gradient_line(state.subject)}
     doc = document(header, state.recorder, state.totals, seconds)
     if state.report_json:
         write_json(state.report_json, doc)

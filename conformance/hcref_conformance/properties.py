@@ -24,6 +24,8 @@ import numpy as np
 from hcref.tolerances import tolerance
 
 from . import sublayer as sub
+from .cases import Case
+from .checks import prenorm_sublayers
 from .families import D1_EPS, FAMILIES, Family, ReferenceOps, residual_stack, site_forward
 from .subject import NotApplicable, Subject
 
@@ -153,6 +155,19 @@ def _options(norm: str) -> dict[str, Any]:
     return {"norm": norm, "use_tanh": True, "use_norm": True, "use_scale": True}
 
 
+def _mhc_options(subject: Subject) -> dict[str, Any]:
+    """mHC's options for a property: the paper's 20 iterations and ``eps = 0`` where declared
+    (else the first declared number of iterations, and V4's ``eps = 1e-6``)."""
+    support = subject.support
+    iters = 20 if support.iters is None or 20 in support.iters else support.iters[0]
+    return {"iters": iters, "eps": 0.0 if "paper" in support.mhc_variants else 1e-6}
+
+
+def _opts(subject: Subject, family: str, norm: str) -> dict[str, Any]:
+    """The site options of a property: HC/FC's norm and switches on, or mHC's."""
+    return _mhc_options(subject) if family == "mhc" else _options(norm)
+
+
 def _static_names(family: str) -> tuple[str, str, str]:
     return ("A_m", "A_r", "B") if family == "hc" else ("Y", "A", "B")
 
@@ -264,14 +279,14 @@ def _init_read(family: str) -> Callable[[Subject, str], Verdict]:
         norm = subject.support.norms[0]
         dynamic = "dynamic" in subject.support.modes
         x = np.array([1.0, 2.0])
-        k, w = (2, 2) if family == "hc" else (2, 1)
+        k, w = (2, 2) if run.fam.streams else (2, 1)
         H = np.asarray(ReferenceOps().call(run.fam.begin, x, k))
         p = _init_params(subject, family, k, w, 0)
         T, _ = run.sublayers("identity", {}, record=True)
-        run.subject.site(family, run.native(H), run.native(p), T, _options(norm))
+        run.subject.site(family, run.native(H), run.native(p), T, _opts(subject, family, norm))
         spec_params = run.fam.init(k, w, 0, dynamic=dynamic, norm=norm)
         _, T_ref = run.sublayers("identity", {}, record=True)
-        site_forward(ReferenceOps(), run.fam, H, spec_params, T_ref, _options(norm))
+        site_forward(ReferenceOps(), run.fam, H, spec_params, T_ref, _opts(subject, family, norm))
         who = "the port's own init" if family in subject.support.initialisers else "D2's init"
         text = f"x = [1, 2], {run.fam.rows}=2, {run.fam.begin}(x, 2), one site at {who} (layer 0)"
         return _verdict(text, dtype, lambda: _compare(T.inputs[-1], T_ref.inputs[-1], dtype,
@@ -285,13 +300,13 @@ def _init_residual(family: str) -> Callable[[Subject, str], Verdict]:
         norm = subject.support.norms[0]
         dynamic = "dynamic" in subject.support.modes
         k = 3
-        w = 2 if family == "hc" else 1
+        w = 2 if FAMILIES[family].streams else 1
         H = np.arange(1.0, k * w + 1).reshape(k, w)
         p = _init_params(subject, family, k, w, 0)
-        got, _, _, _ = run.site(H, p, "zero", {}, _options(norm))
+        got, _, _, _ = run.site(H, p, "zero", {}, _opts(subject, family, norm))
         _, T_ref = run.sublayers("zero", {})
         ref, _ = site_forward(ReferenceOps(), run.fam, H, run.fam.init(k, w, 0, dynamic=dynamic, norm=norm),
-                              T_ref, _options(norm))
+                              T_ref, _opts(subject, family, norm))
         who = "the port's own init" if family in subject.support.initialisers else "D2's init"
         text = f"{run.fam.rows}=3, {run.fam.cols}={w}, one token, H = {_fmt(H)}, branch output 0, at {who}"
         return _verdict(text, dtype, lambda: _compare(got, np.asarray(ref), dtype, "H_out (should be H)"))
@@ -303,19 +318,24 @@ def _init_prenorm(family: str) -> Callable[[Subject, str], Verdict]:
         run = _Run(subject, family, dtype)
         norm = subject.support.norms[0]
         k, d = 2, 4
-        w = d if family == "hc" else d // k
+        w = d if run.fam.streams else d // k
         x = np.array([1.0, -2.0, 3.0, 0.5])
         rng = np.random.default_rng(0)
         sub_params = sub.random_params("mlp", d, rng)
         T, T_ref = run.sublayers("mlp", sub_params)
         p = _init_params(subject, family, k, w, 0)
-        out = run.numpy(subject.network(family, k, run.native(x), [run.native(p)], [T], _options(norm)))
-        got = out / (k if family == "hc" else 1)
+        opts = _opts(subject, family, norm)
+        out = run.numpy(subject.network(family, k, run.native(x), [run.native(p)], [T], opts))
+        got = out / (k if run.fam.streams else 1)
+        if family == "mhc":
+            case = Case(op="mhc_prenorm", k=k, w=w, dynamic="dynamic" in subject.support.modes, **opts)
+            T_ref = prenorm_sublayers(case, [T_ref])[0]
         ref = residual_stack(run.numpy(run.native(x)), [T_ref])
         who = "the port's own init" if family in subject.support.initialisers else "D2's init"
-        what = "reduce(out) / n" if family == "hc" else "frac_merge(out)"
+        what = "reduce(out) / n" if run.fam.streams else "frac_merge(out)"
         text = f"x = [1, -2, 3, 0.5], {run.fam.rows}=2, one site at {who}, MLP sublayer (seed 0)"
-        return _verdict(text, dtype, lambda: _compare(got, ref, dtype, f"{what} vs x + T(x)"))
+        stack = "x + T(c x), c = sum(h_pre) at D10's init" if family == "mhc" else "x + T(x)"
+        return _verdict(text, dtype, lambda: _compare(got, ref, dtype, f"{what} vs {stack}"))
     return check
 
 
@@ -402,10 +422,11 @@ def _empty(family: str) -> Callable[[Subject, str], Verdict]:
         text = f"H of shape (0, {k}, {w}) (no tokens), random dynamic parameters, MLP sublayer"
 
         def go() -> float:
-            out = subject.site(family, H_n, p_n, T, _options(norm))
+            out = subject.site(family, H_n, p_n, T, _opts(subject, family, norm))
             if run.numpy(out).shape != H.shape:
                 raise Departs(f"H_out: shape {run.numpy(out).shape}, expected {H.shape}")
-            grads = subject.composite_vjp(family, "site", k, H_n, [p_n], [T], _options(norm), run.native(H))
+            grads = subject.composite_vjp(family, "site", k, H_n, [p_n], [T], _opts(subject, family, norm),
+                                          run.native(H))
             nonzero = {key: run.numpy(g) for key, g in grads[1].items() if np.any(run.numpy(g) != 0)}
             if nonzero:
                 key, value = next(iter(nonzero.items()))
@@ -435,12 +456,12 @@ def _mixed(family: str) -> Callable[[Subject, str], Verdict]:
         text = f"H {half} of shape (2, {k}, {w}), parameters float32, MLP sublayer in {half}"
 
         def go() -> float:
-            out = subject.site(family, H_n, p_n, T, _options(norm))
+            out = subject.site(family, H_n, p_n, T, _opts(subject, family, norm))
             got_dtype = subject.backend.dtype_name(out)
             if got_dtype != half:
                 raise Departs(f"H_out: dtype {got_dtype}, expected the state's dtype {half} (decision D12)")
             ref, _ = site_forward(ReferenceOps(subject.support.norm_eps), fam, run.numpy(H_n),
-                                  {key: run.numpy(v) for key, v in p_n.items()}, T_ref, _options(norm))
+                                  {key: run.numpy(v) for key, v in p_n.items()}, T_ref, _opts(subject, family, norm))
             return _compare(run.numpy(out), np.asarray(ref), half, "H_out")
         return _verdict(text, half, go)
     return check
@@ -456,6 +477,190 @@ def _verdict(text: str, dtype: str, run: Callable[[], float]) -> Verdict:
     except Exception as exc:  # the port raised on valid input
         return Verdict("error", text, f"{type(exc).__name__}: {exc}", dtype)
     return Verdict("holds", text, "", dtype, ratio)
+
+
+# --- mHC ----------------------------------------------------------------------------------------
+
+
+def _mhc_b(n: int, pre: Any = None, post: Any = None, res: Any = None) -> np.ndarray:
+    """mHC's bias ``b = [b_pre (n) | b_post (n) | b_res (n^2, row-major (out, in))]``, zeros unless given."""
+    parts = [np.zeros(n) if pre is None else np.asarray(pre, float),
+             np.zeros(n) if post is None else np.asarray(post, float),
+             np.zeros(n * n) if res is None else np.asarray(res, float).reshape(-1)]
+    return np.concatenate(parts)
+
+
+def _mhc_site(subject: Subject, dtype: str, H: np.ndarray, b: np.ndarray, kind: str,
+              sub_params: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, sub.Sublayer, sub.Sublayer]:
+    """One mHC site whose logits are ``b`` (static, or dynamic with ``phi = 0``), on the port and
+    on the reference."""
+    run = _Run(subject, "mhc", dtype)
+    dynamic = "static" not in subject.support.modes
+    p = _params(run.fam, H.shape[-2], H.shape[-1], dynamic, "layernorm", b=b)
+    return run.site(H, p, kind, sub_params, _mhc_options(subject))
+
+
+def _sinkhorn_op(subject: Subject, dtype: str, Z: np.ndarray, what: str, text: str) -> Verdict:
+    """A Sinkhorn property through the port's ``sinkhorn`` op, for a port that declares the op but
+    no mHC site (``what``: ``"row sums"`` or ``"P"``)."""
+    if not subject.support.has_op("sinkhorn"):
+        raise NotApplicable("neither an mHC site nor the sinkhorn op declared")
+    backend = subject.backend
+    options = _mhc_options(subject)
+    Z_n = backend.asarray(Z, dtype, subject.device)
+    Z_r = np.asarray(backend.to_numpy(Z_n), dtype=np.float64)
+    expected = np.asarray(ReferenceOps().call("sinkhorn", Z_r, **options))
+
+    def go() -> float:
+        got = np.asarray(backend.to_numpy(backend.sinkhorn(Z_n, **options)), dtype=np.float64)
+        if what == "row sums":
+            return _compare(got.sum(axis=-1), expected.sum(axis=-1), dtype, "the row sums of sinkhorn(Z)")
+        return _compare(got, expected, dtype, "sinkhorn(Z)")
+    return _verdict(text + " (through the port's sinkhorn op)", dtype, go)
+
+
+def _mhc_order(subject: Subject, dtype: str) -> Verdict:
+    H = np.ones((2, 1))
+    res = [[8.0, 0.0], [8.0, -8.0]]
+    if subject.support.site_entry("mhc") is None:
+        return _sinkhorn_op(subject, dtype, np.array(res), "row sums",
+                            "n=2, Z = [[8, 0], [8, -8]], 20 iterations: the row sums of h_res (rows then columns "
+                            "would give [1.0179, 0.9821])")
+    got, ref, _, _ = _mhc_site(subject, dtype, H, _mhc_b(2, res=res), "zero", {})
+    text = ("n=2, d=1, one token, equal streams H = [[1], [1]], residual logits [[8, 0], [8, -8]], b_pre = "
+            "b_post = 0, branch output 0: H_out = the row sums of h_res (rows then columns would give "
+            "[1.0179, 0.9821])")
+    return _verdict(text, dtype, lambda: _compare(got, ref, dtype, "H_out (row sums of h_res)"))
+
+
+def _mhc_mixing(subject: Subject, dtype: str) -> Verdict:
+    H = np.array([[1.0], [2.0], [3.0]])
+    res = [[0.0, 6.0, 0.0], [0.0, 0.0, 6.0], [6.0, 0.0, 0.0]]
+    got, ref, _, _ = _mhc_site(subject, dtype, H, _mhc_b(3, res=res), "zero", {})
+    text = ("n=3, d=1, one token, H = [[1], [2], [3]], residual logits 6 at (out 0, in 1), (1, 2), (2, 0) and 0 "
+            "elsewhere, branch output 0: output stream i takes input stream i+1 (h_res[i, j]: input j to output i)")
+    return _verdict(text, dtype, lambda: _compare(got, ref, dtype, "H_out = h_res H"))
+
+
+def _mhc_read(subject: Subject, dtype: str) -> Verdict:
+    H = np.array([[1.0], [10.0]])
+    _, _, T, T_ref = _mhc_site(subject, dtype, H, _mhc_b(2, pre=[0.0, 2.0]), "identity", {})
+    text = "n=2, d=1, one token, H = [[1], [10]], b_pre = [0, 2]: h0 = sum_i sigmoid(b_pre[i]) H[i] = 9.309"
+    return _verdict(text, dtype, lambda: _compare(T.inputs[-1], T_ref.inputs[-1], dtype, "the sublayer's input h0"))
+
+
+def _mhc_write(subject: Subject, dtype: str) -> Verdict:
+    H = np.zeros((2, 1))
+    got, ref, _, _ = _mhc_site(subject, dtype, H, _mhc_b(2, post=[0.0, 1.0]), "const", {"c": np.array([1.0])})
+    text = "n=2, d=1, one token, H = 0, b_post = [0, 1], branch output y = [1]: H_out[i] = 2 sigmoid(b_post[i]) y"
+    return _verdict(text, dtype, lambda: _compare(got, ref, dtype, "H_out"))
+
+
+def _mhc_dynamic_site(subject: Subject, dtype: str, H: np.ndarray, seed: int, kind: str = "identity"
+                      ) -> tuple[np.ndarray, np.ndarray, sub.Sublayer, sub.Sublayer]:
+    run = _Run(subject, "mhc", dtype)
+    if "dynamic" not in subject.support.modes:
+        raise NotApplicable("dynamic coefficients not declared")
+    n, d = H.shape
+    rng = np.random.default_rng(seed)
+    p = run.fam.init(n, d, 0, dynamic=True, norm="layernorm")
+    p["phi"] = rng.standard_normal(p["phi"].shape)
+    p["gates"] = np.ones(3)
+    return run.site(H, p, kind, {}, _mhc_options(subject))
+
+
+def _mhc_flattened(subject: Subject, dtype: str) -> Verdict:
+    H = np.array([[1.0, 2.0], [30.0, -40.0]])
+    got, ref, T, T_ref = _mhc_dynamic_site(subject, dtype, H, 8)
+    text = ("n=2, d=2, one token, H = [[1, 2], [30, -40]] (streams of different size), random phi (seed 8), "
+            "gates 1, identity sublayer: one RMS scaling of all n*d values, then phi (n*d, 2n+n^2)")
+    return _verdict(text, dtype, lambda: max(_compare(T.inputs[-1], T_ref.inputs[-1], dtype, "h0"),
+                                             _compare(got, ref, dtype, "H_out")))
+
+
+def _mhc_rms_eps(subject: Subject, dtype: str) -> Verdict:
+    H = np.array([[1e-3, -1e-3], [2e-3, 5e-4]])
+    got, ref, T, T_ref = _mhc_dynamic_site(subject, dtype, H, 3)
+    text = (f"n=2, d=2, one token, H ~ 1e-3 ({_fmt(H)}: mean(v^2) = 1.6e-6, near the epsilon), random phi "
+            "(seed 3), gates 1")
+    return _verdict(text, dtype, lambda: max(_compare(T.inputs[-1], T_ref.inputs[-1], dtype, "h0"),
+                                             _compare(got, ref, dtype, "H_out")))
+
+
+def _mhc_scale_safe(subject: Subject, dtype: str) -> Verdict:
+    base = np.array([[1.0, -2.0, 3.0, 0.5], [0.25, 1.0, -1.0, 2.0]])
+    text = f"n=2, d=4, one token, H = c * {_fmt(base)} for c in 1e20, 1e15, 1e-30, random phi (seed 3), gates 1"
+
+    def go() -> float:
+        worst = 0.0
+        for c in (1e20, 1e15, 1e-30):
+            got, ref, _, _ = _mhc_dynamic_site(subject, dtype, base * c, 3, "zero")
+            worst = max(worst, _compare(got / c, ref / c, dtype, f"H_out / c at c = {c:g}"))
+        return worst
+    if "dynamic" not in subject.support.modes:
+        raise NotApplicable("dynamic coefficients not declared")
+    return _verdict(text, dtype, go)
+
+
+def _mhc_large_logits(subject: Subject, dtype: str) -> Verdict:
+    if subject.support.site_entry("mhc") is None:
+        return _sinkhorn_op(subject, dtype, np.array([[91.0, 90.0], [90.0, 92.0]]), "P",
+                            "n=2, Z = [[91, 90], [90, 92]] (a plain exp overflows float32 above 88.7: inf / inf)")
+    H = np.array([[1.0], [2.0]])
+    b = _mhc_b(2, pre=[100.0, -100.0], post=[-100.0, 100.0], res=[[91.0, 90.0], [90.0, 92.0]])
+    got, ref, T, T_ref = _mhc_site(subject, dtype, H, b, "identity", {})
+    text = ("n=2, d=1, one token, H = [[1], [2]], b_pre = [100, -100], b_post = [-100, 100], residual logits "
+            "[[91, 90], [90, 92]] (a plain exp overflows float32 above 88.7: inf / inf)")
+    return _verdict(text, dtype, lambda: max(_compare(T.inputs[-1], T_ref.inputs[-1], dtype, "h0"),
+                                             _compare(got, ref, dtype, "H_out")))
+
+
+def _mhc_beyond_four(subject: Subject, dtype: str) -> Verdict:
+    k = 8
+    if subject.support.max_rows is not None and subject.support.max_rows < k:
+        raise NotApplicable(f"max_rows {subject.support.max_rows} < 8")
+    rng = np.random.default_rng(8)
+    b = _mhc_b(k, pre=rng.standard_normal(k), post=rng.standard_normal(k), res=2 * rng.standard_normal((k, k)))
+    H = np.arange(1.0, k + 1)[:, None]
+    got, ref, T, T_ref = _mhc_site(subject, dtype, H, b, "identity", {})
+    text = "n=8, d=1, one token, H = [[1], ..., [8]], random logits b (seed 8): the read h0 and the residual H_out"
+    return _verdict(text, dtype, lambda: max(_compare(T.inputs[-1], T_ref.inputs[-1], dtype, "h0 (the read)"),
+                                             _compare(got, ref, dtype, "H_out (the mix)")))
+
+
+def _mhc_properties() -> list[Property]:
+    up = "mHC"
+    return [
+        Property("mhc-sinkhorn-order", "mhc", f"{up}: Sinkhorn normalises columns then rows, so the rows of h_res "
+                 "sum to 1", "mHC paper Eq. 9 (decision D7)", _mhc_order),
+        Property("mhc-mixing", "mhc", f"{up}: mixing orientation, h_res[i, j] carries input stream j to output "
+                 "stream i", "mHC paper Eq. 3 (decision D8)", _mhc_mixing),
+        Property("mhc-read", "mhc", f"{up}: the read is h0 = sum_i h_pre[i] H[i], h_pre = sigmoid", "mHC paper "
+                 "Eqs. 3, 8", _mhc_read),
+        Property("mhc-write", "mhc", f"{up}: the write adds h_post[i] y to stream i, h_post = 2 sigmoid",
+                 "mHC paper Eqs. 3, 8", _mhc_write),
+        Property("mhc-flattened", "mhc", f"{up}: every coefficient sees the whole token (one RMS scaling of the "
+                 "flattened n*d state, then phi)", "mHC paper Eq. 7 (decision D9)", _mhc_flattened),
+        Property("mhc-rms-eps", "mhc", f"{up}: the RMS scaling's epsilon is 1e-6", "decision D9", _mhc_rms_eps),
+        Property("mhc-large-logits", "mhc", f"{up}: logits above 88 give finite, exact coefficients "
+                 "(max-shifted exp, stable sigmoid)", "decision D7", _mhc_large_logits),
+        Property("mhc-beyond-4", "mhc", f"{up}: n = 8, streams beyond the fourth take part",
+                 "any n (decision D13)", _mhc_beyond_four),
+        Property("mhc-ends", "mhc", f"{up}: expand copies x to every stream and reduce sums the streams",
+                 "decision D11 (A15)", _ends("mhc")),
+        Property("mhc-init-read", "mhc", f"{up}: at init the read is c x, c = sum(h_pre) (D10 hc_like: "
+                 "sigmoid(1) + (n - 1)/2)", "decision D10", _init_read("mhc")),
+        Property("mhc-init-residual", "mhc", f"{up}: at init the residual mix is Sinkhorn(I) (D10 hc_like)",
+                 "decision D10", _init_residual("mhc")),
+        Property("mhc-init-prenorm", "mhc", f"{up}: at init a network equals the Pre-Norm stack x + T(c x) "
+                 "(after reduce / n)", "math.md 4.4 (decision D10)", _init_prenorm("mhc")),
+        Property("mhc-scale-safe", "mhc", f"{up}: coefficients stay correct at activations of 1e20, 1e15 and "
+                 "1e-30 (scale-safe RMS)", "decision D12", _mhc_scale_safe),
+        Property("mhc-empty", "mhc", f"{up}: no tokens (a leading axis of size 0) gives an empty output and "
+                 "parameter gradients of exactly 0", "decision D13", _empty("mhc")),
+        Property("mhc-mixed", "mhc", f"{up}: float32 parameters on a half-precision state keep the state's dtype",
+                 "decision D12", _mixed("mhc")),
+    ]
 
 
 def _family_properties(family: str, read_source: str, write_source: str, init_source: str) -> list[Property]:
@@ -508,6 +713,7 @@ PROPERTIES: list[Property] = [
     *_family_properties("hc", "HC paper Eq. 2", "HC paper Eq. 2", "HC paper Eq. 14 (decision D2)"),
     *_family_properties("fc", "FC paper Eq. 8 (decision D6)", "FC paper Eq. 8 (decision D6)",
                         "FC paper Eq. 15 (decision D2)"),
+    *_mhc_properties(),
 ]
 """Every named property, by family."""
 
@@ -517,7 +723,7 @@ PROPERTY_IDS = tuple(p.id for p in PROPERTIES)
 def property_dtype(prop: Property, selected: Sequence[str]) -> str:
     """The dtype a property runs in, among the dtypes ``selected`` for the run: float32 for scale
     safety (where overflow happens), else the most precise."""
-    if prop.id.endswith("scale-safe"):
+    if prop.id.endswith(("scale-safe", "large-logits")):
         return _dtype(selected, ("float32", "bfloat16", "float64"))
     return _dtype(selected)
 

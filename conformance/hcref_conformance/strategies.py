@@ -18,6 +18,13 @@ leading axes, ``k = 1``, ``k = 5`` and ``k = 8``, size-0 leading axes, initial p
 norm and layer index, static sites, each switch off alone with random dynamic weights, small
 activations (1e-2, 1e-3) with random dynamic weights for each norm, and extreme activation
 scales (1e-30, 1e15, 1e20) where the dtype holds them.
+
+mHC (no norm option, no switches) runs on the same structures with its own option sets
+(:data:`MHC_CONFIGS`: 20, 3 and 1 Sinkhorn iterations, the paper's ``eps = 0`` and V4's 1e-6,
+static and dynamic), its free draws pick ``iters`` and ``eps`` (:data:`MHC_ITERS`,
+:data:`MHC_EPS`), and ``sinkhorn`` and ``mhc_coeffs`` add the fixed logit patterns of
+:data:`LOGIT_CASES` (logits above 88, spread 160, a row or a column 1e4 below the rest), whose
+tolerance carries Sinkhorn's conditioning (:func:`hcref_conformance.cases.sinkhorn_conditioning`).
 """
 
 from __future__ import annotations
@@ -28,14 +35,15 @@ from typing import Any
 from hypothesis import strategies as st
 
 from hcref.interface import SWITCHES, Support
-from hcref.optable import OPS
+from hcref.optable import ALL_OPS
 
 from .cases import Case
 
-OP_NAMES = tuple(OPS)
-"""The ops under test, in the op table's order."""
+OP_NAMES = tuple(ALL_OPS)
+"""The ops under test, in the op table's order (HC, FC, then mHC)."""
 
-COMPOSITES = ("hc_site", "fc_site", "hc_network", "fc_network", "hc_prenorm", "fc_prenorm")
+COMPOSITES = ("hc_site", "fc_site", "mhc_site", "hc_network", "fc_network", "mhc_network", "hc_prenorm",
+              "fc_prenorm", "mhc_prenorm")
 """Names of the whole-site, small-network and Pre-Norm-at-init checks (family prefix)."""
 
 Shape = tuple[tuple[int, ...], int, int]
@@ -75,6 +83,30 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "all-off": {"use_tanh": False, "use_norm": False, "use_scale": False},
 }
 """Option sets of the coefficient ops; ``default`` is dynamic with the first norm the port declares."""
+
+MHC_CONFIGS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "ln": {},
+    "rms": {"eps": 1e-6},
+    "none": {"iters": 3},
+    "static": {"dynamic": False},
+    "no-tanh": {"iters": 1},
+    "no-scale": {"iters": 3, "eps": 1e-6},
+    "no-norm": {"dynamic": False, "eps": 1e-6},
+    "all-off": {"iters": 1, "eps": 1e-6},
+}
+"""The same structures' option sets for mHC, which has no norm option or switches: the paper's
+20 iterations, DeepSeek-V4's ``eps = 1e-6`` (``v4``), 1 and 3 iterations (where the unrolled
+gradient differs most from the converged projection's) and static sites."""
+
+MHC_ITERS = (20, 20, 3, 1)
+"""Free draws: Sinkhorn iterations (the paper's 20 in half the draws)."""
+
+MHC_EPS = (0.0, 0.0, 0.0, 1e-6)
+"""Free draws: mHC's ``eps`` (DeepSeek-V4's 1e-6 in one draw of 4)."""
+
+LOGIT_CASES = ("big90", "spread160", "row-1e4", "col-1e4")
+"""Fixed Sinkhorn logit patterns of ``sinkhorn`` and ``mhc_coeffs`` (:data:`hcref_conformance.cases.LOGIT_PATTERNS`)."""
 
 
 @dataclass(frozen=True)
@@ -151,8 +183,9 @@ seeds = st.integers(0, 2**32 - 1)
 
 
 def has_coefficients(op: str) -> bool:
-    """Whether op (or composite check) ``op`` takes a site's parameters and options."""
-    return op.endswith(("_coeffs", "_site", "_network", "_prenorm"))
+    """Whether op (or composite check) ``op`` takes a site's parameters and options (mHC's
+    ``sinkhorn`` and ``mhc_head`` take its options ``iters`` / ``eps`` too)."""
+    return op.endswith(("_coeffs", "_site", "_network", "_prenorm")) or op in ("sinkhorn", "mhc_head")
 
 
 def is_composite(op: str) -> bool:
@@ -160,8 +193,17 @@ def is_composite(op: str) -> bool:
     return op.endswith(("_site", "_network", "_prenorm"))
 
 
-def options_of(config: str, support: Support) -> dict[str, Any]:
+def family_of_op(op: str) -> str:
+    """``hc``, ``fc``, ``mhc`` or ``ends`` of an op or composite check."""
+    return ALL_OPS[op].family if op in ALL_OPS else op.split("_", 1)[0]
+
+
+def options_of(config: str, support: Support, family: str = "hc") -> dict[str, Any]:
     """The Case fields of option set ``config`` for a port declaring ``support``."""
+    if family == "mhc":
+        mhc: dict[str, Any] = {"dynamic": "dynamic" in support.modes}
+        mhc.update(MHC_CONFIGS[config])
+        return mhc
     fields: dict[str, Any] = {"dynamic": "dynamic" in support.modes,
                               "norm": next((n for n in ("layernorm", "rmsnorm", "none") if n in support.norms),
                                            "layernorm")}
@@ -188,7 +230,9 @@ def structures(op: str, dtype: str, selected: list[str], profile: Profile,
     for s in STRUCTURES:
         if not in_tier(s.tier, dtype, selected, profile) or (is_composite(op) and s.w < MIN_COMPOSITE_WIDTH):
             continue
-        fields = options_of(s.config, support) if has_coefficients(op) else {}
+        fields = options_of(s.config, support, family_of_op(op)) if has_coefficients(op) else {}
+        if op == "sinkhorn":  # no parameters: the option sets differ only in iters and eps
+            fields.pop("dynamic", None)
         case = Case(op=op, lead=s.lead, k=s.k, w=s.w, **fields)
         key = (s.lead, s.k, s.w, tuple(sorted(fields.items())))
         if key in seen or requirements(case, support):
@@ -202,17 +246,19 @@ def draw_case(data: Any, op: str, dtype: str, profile: Profile, support: Support
               selected: list[str] | None = None) -> Case:
     """Draw one :class:`Case` of ``op`` for ``dtype`` from ``data`` (``hypothesis.strategies.data()``),
     within ``profile`` and what ``support`` declares."""
-    scales = SCALES[:2] if dtype == "float16" else SCALES
+    scales: tuple[float, ...] = SCALES[:2] if dtype == "float16" else SCALES
+    if op == "sinkhorn":
+        scales = (1.0,)
     if profile.structured:
         choices = [case for _, case, weight in structures(op, dtype, selected or [dtype], profile, support)
                    for _ in range(weight)]
         base: Case = data.draw(st.sampled_from(choices), label="structure (lead, k, w, options)")
         fields: dict[str, Any] = {"seed": data.draw(seeds, label="seed"),
                                   "scale": data.draw(st.sampled_from(scales), label="scale")}
-        if has_coefficients(op):
+        if has_coefficients(op) and op != "sinkhorn":
             prenorm = op.endswith("_prenorm")
             fields["init"] = prenorm or data.draw(st.sampled_from((False, False, False, True)), label="init")
-            if op.startswith("hc") and fields["init"]:
+            if op.startswith(("hc", "mhc")) and fields["init"]:
                 fields["layer_index"] = data.draw(st.integers(0, 2 * base.k), label="layer_index")
         return replace(base, **fields)
     max_rows = min(profile.max_rows, support.max_rows or profile.max_rows)
@@ -231,17 +277,25 @@ def draw_case(data: Any, op: str, dtype: str, profile: Profile, support: Support
         "seed": data.draw(seeds, label="seed"),
         "scale": data.draw(st.sampled_from(scales), label="scale"),
     }
+    if has_coefficients(op) and family_of_op(op) == "mhc":
+        iters = [i for i in MHC_ITERS if support.iters is None or i in support.iters] or list(support.iters or [20])
+        free["iters"] = data.draw(st.sampled_from(iters), label="iters")
+        eps = [e for e in MHC_EPS if ("v4" if e else "paper") in support.mhc_variants]
+        free["eps"] = data.draw(st.sampled_from(eps), label="eps")
+        if op == "sinkhorn":
+            return Case(op=op, **free)
     if has_coefficients(op):
         prenorm = op.endswith("_prenorm")
         kind = data.draw(st.sampled_from([k for k in PARAM_KINDS if k.split("-")[0] in support.modes]),
                          label="params (dynamic/static, random/init)")
         free["dynamic"] = kind.startswith("dynamic")
         free["init"] = prenorm or kind.endswith("init")
-        free["norm"] = data.draw(st.sampled_from(support.norms), label="norm")
-        for switch in SWITCHES:
-            values = SWITCH_VALUES if switch in support.switches else (True,)
-            free[switch] = data.draw(st.sampled_from(values), label=switch)
-        if op.startswith("hc") and free["init"]:
+        if family_of_op(op) != "mhc":
+            free["norm"] = data.draw(st.sampled_from(support.norms), label="norm")
+            for switch in SWITCHES:
+                values = SWITCH_VALUES if switch in support.switches else (True,)
+                free[switch] = data.draw(st.sampled_from(values), label=switch)
+        if op.startswith(("hc", "mhc")) and free["init"]:
             free["layer_index"] = data.draw(st.integers(0, 2 * max_rows), label="layer_index")
     return Case(op=op, **free)
 
@@ -261,15 +315,19 @@ def special_cases(op: str, dtype: str, selected: list[str], profile: Profile,
             out.append((f"{name}-layer{2 * base.k + 1}", replace(case, layer_index=2 * base.k + 1)))
         if coefficients and name in ("base-ln", "base-rms", "base-none") and not op.endswith("_prenorm"):
             out.append((f"{name}-init", replace(case, init=True)))
-        if name in ("base", "base-ln", "base-rms"):
+        scaled = op != "sinkhorn"  # Sinkhorn's logits are not activations: the scale does not apply
+        if name in ("base", "base-ln", "base-rms") and scaled:
             out += [(f"{name}-small-{scale:.0e}", replace(case, scale=scale)) for scale in SMALL_SCALES]
         if coefficients and name == "static":
             out.append(("static-init", replace(case, init=True)))
-        if op.startswith("hc") and coefficients and name == "base-ln":
+        if op.startswith(("hc", "mhc")) and coefficients and name == "base-ln" and op != "sinkhorn":
             out.append(("init-layer5", replace(case, init=True, layer_index=5)))
+        if op in ("sinkhorn", "mhc_coeffs") and name in ("base-ln", "k8"):
+            out += [(f"{name}-logits-{p}", replace(case, logits=p)) for p in LOGIT_CASES
+                    if name == "base-ln" or p == "big90"]
         if op.startswith("hc") and coefficients and name == "k1":
             out.append(("init-n1", replace(case, init=True, layer_index=3)))
-        if name.startswith("one-token") and dtype != "float16":
+        if name.startswith("one-token") and dtype != "float16" and scaled:
             extreme = replace(case, gates=1.0, sublayer="linear") if coefficients else case
             out += [(f"{name}-scale-{scale:.0e}".replace("+", ""), replace(extreme, scale=scale))
                     for scale in EXTREME_SCALES]
@@ -282,7 +340,7 @@ def mixed_cases(op: str, support: Support) -> list[tuple[str, Case]]:
     out = []
     for name in ("base-ln", "base-rms"):
         s = next(s for s in STRUCTURES if s.name == name)
-        fields = options_of(s.config, support) if has_coefficients(op) else {}
+        fields = options_of(s.config, support, family_of_op(op)) if has_coefficients(op) else {}
         case = Case(op=op, lead=s.lead, k=s.k, w=s.w, seed=2, **fields)
         if not requirements(case, support) and (name == "base-ln" or has_coefficients(op)):
             out.append((f"mixed-{name}", case))
@@ -295,9 +353,19 @@ def requirements(case: Case, support: Support) -> str | None:
         return f"k = {case.k} above the declared max_rows {support.max_rows}"
     if not has_coefficients(case.op):
         return None
+    if case.family == "mhc":
+        if support.iters is not None and case.iters not in support.iters:
+            return f"iters = {case.iters} not declared (declared: {support.iters})"
+        variant = "v4" if case.eps > 0 else "paper"
+        if variant not in support.mhc_variants:
+            return f"the {variant} variant of mHC (eps = {case.eps:g}) not declared"
+        if case.op == "sinkhorn":
+            return None
     mode = "dynamic" if case.dynamic else "static"
     if mode not in support.modes:
         return f"{mode} coefficients not declared"
+    if case.family == "mhc" or case.op == "mhc_head":
+        return None
     if case.dynamic and case.norm not in support.norms:
         return f"norm {case.norm!r} not declared"
     for switch in SWITCHES:

@@ -98,6 +98,8 @@ class Subject:
         d = fam.model_width(k, w)
         if family == "hc":
             raw = self.backend.init_hc(k, d, layer_index, dynamic=dynamic, norm=norm)
+        elif family == "mhc":
+            raw = self.backend.init_mhc(k, d, layer_index, dynamic=dynamic)
         else:
             raw = self.backend.init_fc(k, d, dynamic=dynamic, norm=norm)
         return {key: _to_float64(self.backend, value) for key, value in raw.items()}

@@ -17,7 +17,7 @@ from .cases import MIXED, Case
 from .runner import Context, explore, run_one
 from .suite import draw_for, fixed_cases, mixed, need
 
-COMPOSITE_OPS = ("hc_site", "fc_site", "hc_network", "fc_network")
+COMPOSITE_OPS = ("hc_site", "fc_site", "mhc_site", "hc_network", "fc_network", "mhc_network")
 
 
 @pytest.mark.parametrize("op", COMPOSITE_OPS)

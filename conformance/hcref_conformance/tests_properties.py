@@ -22,7 +22,7 @@ from .runner import Context, explore, run_one
 from .subject import NotApplicable
 from .suite import draw_for, fixed_cases, need, record_property
 
-PRENORM_OPS = ("hc_prenorm", "fc_prenorm")
+PRENORM_OPS = ("hc_prenorm", "fc_prenorm", "mhc_prenorm")
 
 
 @pytest.mark.parametrize("op", PRENORM_OPS)

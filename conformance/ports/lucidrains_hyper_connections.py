@@ -1,8 +1,10 @@
 """hcref adapter for lucidrains' ``hyper-connections`` (PyPI ``hyper-connections``, tested at 0.4.11):
 its ``HyperConnections`` module through the suite's module-level entry, for HC (``num_fracs=1``)
-and FC (one stream, ``num_fracs=m``), with the library's own initialisation.
+and FC (one stream, ``num_fracs=m``), with the library's own initialisation (``port``), and its
+``ManifoldConstrainedHyperConnections`` (mHC) the same way (``mhc_port``, below).
 
     python -m hcref_conformance --backend conformance/ports/lucidrains_hyper_connections.py:port
+    python -m hcref_conformance --backend conformance/ports/lucidrains_hyper_connections.py:mhc_port
 
 What the adapter does, and nothing more (read math.md 3.7 for the known FC departures):
 
@@ -52,6 +54,7 @@ import numpy as np
 import torch
 from hcref_torch import backend as _torch
 from hyper_connections.hyper_connections import HyperConnections, get_expand_reduce_stream_functions
+from hyper_connections.manifold_constrained_hyper_connections import ManifoldConstrainedHyperConnections
 from torch import nn
 
 from hcref import validation
@@ -204,3 +207,66 @@ def _check_declared(dynamic: bool, norm: str) -> None:
 
 port = LucidrainsPort()
 """The port the suite loads (``--backend conformance/ports/lucidrains_hyper_connections.py:port``)."""
+
+
+class LucidrainsMhcPort(LucidrainsPort):
+    """lucidrains' ``ManifoldConstrainedHyperConnections`` (mHC) as an hcref port.
+
+    What the adapter does:
+
+    - ``site("mhc", H, {"b": b}, sublayer, iters=..., eps=0)`` builds one module
+      (``ManifoldConstrainedHyperConnections(n, dim=d, sinkhorn_iters=iters)``, the suite's sublayer
+      as its ``branch``) and runs its own ``forward`` with the contract's logits swapped in by
+      ``torch.func.functional_call``: ``static_alpha = [b_pre | mat(b_res)^T]`` (the library's
+      alpha is (input stream, output) where the contract's ``h_res`` is (output, input)),
+      ``static_beta = b_post``, and its projections ``dynamic_alpha_fn``, ``dynamic_beta_fn`` zero.
+      It reshapes only between ``(..., n, d)`` and the library's ``(B * n, d)``.
+    - Static only: the library's projection is per stream (stream i's own RMS-normed d values
+      times one (d, 1 + n) matrix shared by all streams; its RMSNorm has no epsilon and a weight
+      ``1 + gamma``), where the paper's ``phi`` sees the whole flattened n*d token; no contract
+      ``phi`` maps onto it, so dynamic coefficients are not declared (at init, where its
+      projections are zero, dynamic is the static function of the same logits).
+    - ``init_mhc`` reads ``b`` off a fresh module (the library's own init: ``b_pre = e_(layer mod
+      n)``, ``b_post = 1``, ``b_res = I``, decision D10's ``lucidrains`` preset).
+    - Only the paper's variant (no V4 ``eps``); ``expand``/``reduce`` are the library's; no
+      ``mhc_head`` (the library reduces by the sum).
+    - No float64: the module computes its coefficients, Sinkhorn and mixes in float32 (``.float()``)
+      whatever the input dtype, so float64 is not declared (it would report float32 rounding).
+    """
+
+    def capabilities(self) -> list[tuple[str, str]]:
+        return [(device, dtype) for device, dtype in _torch.capabilities() if dtype != "float64"]
+
+    def supports(self) -> Support:
+        return Support(
+            families=("mhc",), ops=("expand", "reduce"), sites=("mhc",), initialisers=("mhc",), modes=("static",),
+            mhc_variants=("paper",), mixed_precision=False,
+            notes={"mhc": "ManifoldConstrainedHyperConnections(n, dim=d); its dynamic projection is per stream "
+                          "(RMSNorm without epsilon over each stream's d values, one (d, 1 + n) matrix for all "
+                          "streams), which no contract phi maps onto: static (its logits) only"})
+
+    def site(self, family: str, H: torch.Tensor, params: Mapping[str, torch.Tensor],  # type: ignore[override]
+             sublayer: Callable[[Any], Any], *, iters: int = 20, eps: float = 0.0) -> torch.Tensor:
+        if family != "mhc" or eps != 0 or set(params) != {"b"}:
+            raise NotImplementedError(f"{LIBRARY}'s mHC adapter runs static paper-mHC sites only (family={family!r}, "
+                                      f"eps={eps}, params {sorted(params)})")
+        lead, (n, d) = H.shape[:-2], H.shape[-2:]
+        b = params["b"]
+        b_res = b[2 * n:].reshape(n, n)
+        module = ManifoldConstrainedHyperConnections(n, dim=d, layer_index=0, sinkhorn_iters=iters,
+                                                     branch=_Branch(sublayer, lead))
+        zeros = {name: torch.zeros_like(t) for name, t in module.named_parameters() if name.startswith("dynamic_")}
+        tensors = {**zeros, "static_alpha": torch.cat([b[:n, None], b_res.T], dim=1), "static_beta": b[n:2 * n]}
+        out = torch.func.functional_call(module, tensors, (H.reshape(-1, d),))
+        return out.reshape(H.shape)
+
+    def init_mhc(self, n: int, d: int, layer_index: int, *, dynamic: bool = False) -> dict[str, np.ndarray]:
+        if dynamic:
+            raise NotImplementedError(f"{LIBRARY}'s mHC adapter declares static sites only")
+        p = dict(ManifoldConstrainedHyperConnections(n, dim=d, layer_index=layer_index).named_parameters())
+        alpha = _np(p["static_alpha"])
+        return {"b": np.concatenate([alpha[:, 0], _np(p["static_beta"]), alpha[:, 1:].T.reshape(-1)])}
+
+
+mhc_port = LucidrainsMhcPort()
+"""lucidrains' mHC (``--backend conformance/ports/lucidrains_hyper_connections.py:mhc_port``)."""

@@ -10,7 +10,12 @@ that computes every op in float64 and rounds once to decision D12's result dtype
 port those cases assume), so that they are caught for their own mistake alone.
 
 Load one with ``--backend mutants:NAME`` and ``tests`` on ``PYTHONPATH``; ``dtypes`` says the
-dtypes (``mixed`` included) that show its mistake.
+dtypes (``mixed`` included) that show its mistake, ``family`` the family whose checks show it
+(``tests/test_conformance_mutants.py`` runs only those, the ends included).
+
+The mHC mutants (family ``mhc``) break Sinkhorn (order, iterations, max shift, gradient), the
+coefficient projection (per stream, column order, RMS epsilon) or the residual mix, each the
+way a public port does or could (math.md 4.6).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import numpy as np
 from hcref_numpy import NumpyBackend, _Record
 
 import hcref
-from hcref.optable import OPS, OpSpec
+from hcref.norms import rms_normalize
+from hcref.optable import ALL_OPS, OpSpec
 
 Patch = Callable[[Callable[..., Any]], Callable[..., Any]]
 """Turns a reference VJP into a broken one."""
@@ -36,11 +42,12 @@ class Mutant(NumpyBackend):
     broken_property = ""
     description = ""
     dtypes = "float64"
+    family = "hc,fc"
     vjp_patches: ClassVar[dict[str, Patch]] = {}
 
     def _emit(self, name: str, out: Any, *args: Any, **kwargs: Any) -> Any:
         if self._tape is not None:
-            self._tape.append(_Record(OPS[name], args, kwargs, out if isinstance(out, tuple) else (out,)))
+            self._tape.append(_Record(ALL_OPS[name], args, kwargs, out if isinstance(out, tuple) else (out,)))
         return out
 
     def vjp(self, fn: Callable[..., Any], primals: Any, cotangents: Any) -> tuple[Any, ...]:
@@ -294,13 +301,17 @@ def _dtype_of(x: Any) -> str:
 def _d12(op: str, output: str, args: tuple[Any, ...]) -> str:
     """Decision D12's dtype of ``output`` of ``op`` (ends keep, coefficients promote, width/depth keep
     the state's dtype)."""
-    spec = OPS[op]
+    spec = ALL_OPS[op]
     dtypes: dict[str, str] = {}
     for name, value in zip(spec.inputs, args, strict=True):
         if isinstance(value, Mapping):
             dtypes[name] = str(np.result_type(*value.values()))
         elif isinstance(value, np.ndarray):
             dtypes[name] = _dtype_of(value)
+    if op in ("mhc_pre", "mhc_head"):
+        return dtypes["H"]
+    if op == "mhc_post":
+        return str(np.result_type(dtypes["y"], dtypes["H"]))
     if op.endswith("_coeffs"):
         return str(np.result_type(*dtypes.values()))
     if op.endswith("_width"):
@@ -397,6 +408,197 @@ class EmptyBatchGarbage(Mutant):
     vjp_patches: ClassVar[dict[str, Patch]] = {"hc_coeffs_vjp": _empty_garbage}
 
 
+# --- mHC -------------------------------------------------------------------------------------------
+
+
+def _compute(x: np.ndarray) -> np.dtype:
+    return np.promote_types(np.asarray(x).dtype, np.float32)
+
+
+def _sinkhorn_rows_first(Z: np.ndarray, iters: int) -> np.ndarray:
+    """Rows, then columns (the paper does columns, then rows): the columns sum to 1, not the rows."""
+    M = np.exp(Z - Z.max(axis=(-2, -1), keepdims=True))
+    for _ in range(iters):
+        M = M / M.sum(axis=-1, keepdims=True)
+        M = M / M.sum(axis=-2, keepdims=True)
+    return M
+
+
+def _sinkhorn_one_short(Z: np.ndarray, iters: int) -> np.ndarray:
+    """``iters - 1`` iterations (a loop bound off by one; with one iteration, the closing row step only)."""
+    if iters > 1:
+        return np.asarray(hcref.sinkhorn(Z, iters=iters - 1))
+    E = np.exp(Z - Z.max(axis=-1, keepdims=True))
+    return E / E.sum(axis=-1, keepdims=True)
+
+
+def _sinkhorn_plain_exp(Z: np.ndarray, iters: int) -> np.ndarray:
+    """The paper's iteration on ``exp(Z)`` without a max shift: inf / inf = NaN above 88.7 in float32."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        M = np.exp(Z.astype(_compute(Z)))
+        for _ in range(iters):
+            M = M / M.sum(axis=-2, keepdims=True)
+            M = M / M.sum(axis=-1, keepdims=True)
+    return M
+
+
+def _res_logits(H: np.ndarray, params: Mapping[str, np.ndarray], eps_rms: float = 1e-6,
+                per_stream: bool = False) -> np.ndarray:
+    """``mat(gates[2] z_res + b_res)``: the residual logits of ``mhc_coeffs``."""
+    n = H.shape[-2]
+    b_res = params["b"][2 * n:].reshape(n, n)
+    if "phi" not in params:
+        return np.broadcast_to(b_res, H.shape[:-2] + (n, n)).astype(np.result_type(H, b_res))
+    v = _rms(H, eps_rms, per_stream)
+    z = v @ params["phi"][:, 2 * n:]
+    return params["gates"][2] * z.reshape(H.shape[:-2] + (n, n)) + b_res
+
+
+def _rms(H: np.ndarray, eps: float, per_stream: bool) -> np.ndarray:
+    n, d = H.shape[-2:]
+    if per_stream:
+        return rms_normalize(H, eps)[0].reshape(H.shape[:-2] + (n * d,))
+    return rms_normalize(H.reshape(H.shape[:-2] + (n * d,)), eps)[0]
+
+
+def _coeffs_with(H: np.ndarray, params: Mapping[str, np.ndarray], iters: int, eps: float,
+                 sinkhorn: Callable[[np.ndarray, int], np.ndarray]) -> tuple[Any, Any, Any]:
+    """``mhc_coeffs`` with another Sinkhorn (the paper's variant, eps = 0; V4's as the reference)."""
+    h_pre, h_post, h_res = hcref.mhc_coeffs(H, params, iters=iters, eps=eps)
+    if eps == 0:
+        h_res = sinkhorn(_res_logits(H, params).astype(_compute(H)), iters).astype(h_res.dtype)
+    return h_pre, h_post, h_res
+
+
+class _SinkhornMutant(Mutant):
+    """One broken Sinkhorn, used by ``sinkhorn`` and inside ``mhc_coeffs`` (as a port shares it)."""
+
+    family = "mhc"
+    broken_op = "sinkhorn"
+    broken: ClassVar[Callable[[np.ndarray, int], np.ndarray]]
+
+    def sinkhorn(self, Z: Any, *, iters: int = 20, eps: float = 0.0) -> Any:
+        out = hcref.sinkhorn(Z, iters=iters, eps=eps)
+        if eps == 0:
+            out = type(self).broken(Z.astype(_compute(Z)), iters).astype(out.dtype)
+        return self._emit("sinkhorn", out, Z, iters=iters, eps=eps)
+
+    def mhc_coeffs(self, H: Any, params: Any, *, iters: int = 20, eps: float = 0.0) -> Any:
+        out = _coeffs_with(H, params, iters, eps, type(self).broken)
+        return self._emit("mhc_coeffs", out, H, params, iters=iters, eps=eps)
+
+
+class SinkhornRowsFirst(_SinkhornMutant):
+    description = "Sinkhorn normalises rows first, then columns (the rows of h_res do not sum to 1)"
+    broken_property = "mhc-sinkhorn-order"
+    broken = staticmethod(_sinkhorn_rows_first)
+
+
+class SinkhornOneShort(_SinkhornMutant):
+    description = "Sinkhorn runs one iteration fewer than asked"
+    broken = staticmethod(_sinkhorn_one_short)
+
+
+class SinkhornPlainExp(_SinkhornMutant):
+    description = "Sinkhorn on exp(Z) without a max shift: NaN for float32 logits above 88.7"
+    broken_property = "mhc-large-logits"
+    dtypes = "float32"
+    broken = staticmethod(_sinkhorn_plain_exp)
+
+
+class _CoeffsMutant(Mutant):
+    family = "mhc"
+    broken_op = "mhc_coeffs"
+
+    def mhc_coeffs(self, H: Any, params: Any, *, iters: int = 20, eps: float = 0.0) -> Any:
+        hcref.mhc_coeffs(H, params, iters=iters, eps=eps)  # the reference's validation
+        return self._emit("mhc_coeffs", self.coeffs(H, params, iters, eps), H, params, iters=iters, eps=eps)
+
+    def coeffs(self, H: np.ndarray, params: Mapping[str, np.ndarray], iters: int, eps: float) -> Any:
+        raise NotImplementedError
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1 + np.tanh(x / 2))
+
+
+def _coeffs_from_logits(H: np.ndarray, params: Mapping[str, np.ndarray], z: np.ndarray | None, iters: int,
+                        eps: float) -> tuple[Any, Any, Any]:
+    """The coefficients from projections ``z`` (None: static), with the reference's gates, bias,
+    sigmoids and Sinkhorn."""
+    n = H.shape[-2]
+    dtype = np.result_type(H, *params.values())
+    logits = np.broadcast_to(params["b"], H.shape[:-2] + params["b"].shape)
+    if z is not None:
+        logits = z * np.repeat(params["gates"], [n, n, n * n]) + params["b"]
+    h_pre = _sigmoid(logits[..., :n]) + eps
+    h_post = 2 * _sigmoid(logits[..., n:2 * n])
+    h_res = hcref.sinkhorn(np.ascontiguousarray(logits[..., 2 * n:].reshape(H.shape[:-2] + (n, n))), iters=iters,
+                           eps=eps)
+    return tuple(np.asarray(c, dtype=dtype) for c in (h_pre, h_post, h_res))
+
+
+class PerStreamProjection(_CoeffsMutant):
+    description = "mHC's RMS scaling per stream (over d) instead of over the flattened n*d token"
+    broken_property = "mhc-flattened"
+
+    def coeffs(self, H: np.ndarray, params: Mapping[str, np.ndarray], iters: int, eps: float) -> Any:
+        z = _rms(H.astype(np.float64), 1e-6, True) @ params["phi"] if "phi" in params else None
+        return _coeffs_from_logits(H, params, z, iters, eps)
+
+
+class RmsEps1e5(_CoeffsMutant):
+    description = "mHC's RMS scaling with epsilon 1e-5 instead of 1e-6"
+    broken_property = "mhc-rms-eps"
+
+    def coeffs(self, H: np.ndarray, params: Mapping[str, np.ndarray], iters: int, eps: float) -> Any:
+        z = _rms(H.astype(np.float64), 1e-5, False) @ params["phi"] if "phi" in params else None
+        return _coeffs_from_logits(H, params, z, iters, eps)
+
+
+class ColumnOrderPreResPost(_CoeffsMutant):
+    description = "phi and b read in column order [pre, res, post] instead of [pre, post, res]"
+    broken_property = "mhc-write"
+
+    def coeffs(self, H: np.ndarray, params: Mapping[str, np.ndarray], iters: int, eps: float) -> Any:
+        n = H.shape[-2]
+
+        def reorder(x: np.ndarray) -> np.ndarray:  # what this port takes for [pre | post | res]
+            return np.concatenate([x[..., :n], x[..., n + n * n:], x[..., n:n + n * n]], axis=-1)
+
+        moved = {**params, "b": reorder(params["b"])}
+        if "phi" in params:
+            moved["phi"] = reorder(params["phi"])
+        return hcref.mhc_coeffs(H, moved, iters=iters, eps=eps)
+
+
+class HresTransposed(Mutant):
+    family = "mhc"
+    broken_op, description = "mhc_post", "the residual mix applies h_res^T (h_res[i, j] read as output j from input i)"
+    broken_property = "mhc-mixing"
+
+    def mhc_post(self, y: Any, H: Any, h_post: Any, h_res: Any) -> Any:
+        hcref.mhc_post(y, H, h_post, h_res)
+        out = hcref.mhc_post(y, H, h_post, np.ascontiguousarray(np.swapaxes(h_res, -1, -2)))
+        return self._emit("mhc_post", out, y, H, h_post, h_res)
+
+
+def _implicit_gradient(vjp: Callable[..., Any]) -> Callable[..., Any]:
+    def broken(Z: np.ndarray, g_P: np.ndarray, *, iters: int = 20, eps: float = 0.0) -> Any:
+        # the gradient of the converged projection (implicit differentiation), reached here by
+        # unrolling to convergence, instead of the gradient of the `iters` iterations computed
+        return vjp(Z, g_P, iters=200, eps=eps) if eps == 0 else vjp(Z, g_P, iters=iters, eps=eps)
+
+    return broken
+
+
+class ImplicitGradient(Mutant):
+    family = "mhc"
+    broken_op = "sinkhorn"
+    description = "Sinkhorn's gradient is that of the converged projection (implicit), not unrolled over iters"
+    vjp_patches: ClassVar[dict[str, Patch]] = {"sinkhorn_vjp": _implicit_gradient}
+
+
 MUTANTS: dict[str, Mutant] = {
     "transposed_mix": TransposedMix(),
     "tanh_dropped": TanhDropped(),
@@ -420,6 +622,14 @@ MUTANTS: dict[str, Mutant] = {
     "scale_unsafe_norm": ScaleUnsafeNorm(),
     "mixed_promotes": MixedPromotes(),
     "empty_batch_garbage": EmptyBatchGarbage(),
+    "sinkhorn_rows_first": SinkhornRowsFirst(),
+    "sinkhorn_one_short": SinkhornOneShort(),
+    "sinkhorn_plain_exp": SinkhornPlainExp(),
+    "per_stream_projection": PerStreamProjection(),
+    "mhc_rms_eps_1e5": RmsEps1e5(),
+    "column_order_pre_res_post": ColumnOrderPreResPost(),
+    "h_res_transposed": HresTransposed(),
+    "implicit_gradient": ImplicitGradient(),
 }
 """Every mutant by name; ``--backend mutants:NAME`` loads one (module attributes below)."""
 

@@ -1,4 +1,4 @@
-"""hcref_jax.pallas: Pallas TPU kernels for HC and FC, forward and backward, with the contract's ops.
+"""hcref_jax.pallas: Pallas TPU kernels for HC, FC and mHC, forward and backward, with the contract's ops.
 
 Three kernels per family, each a ``jax.custom_vjp`` whose backward is its own ``pallas_call``:
 the coefficients with the norm folded after the projection (:mod:`.coeffs`), the width step
@@ -6,6 +6,10 @@ the coefficients with the norm folded after the projection (:mod:`.coeffs`), the
 ``hc_site_depth``) in which the coefficient kernel also writes h0 and the depth kernel takes the
 stream mixing over, so a site reads H twice and writes only h0 and H_out: (3n+2)d elements per token
 forward and (6n+3)d backward for HC (the ideal two-kernel fusion; 14d and 27d at n = 4).
+
+mHC (:mod:`.mhc`): ``mhc_coeffs`` on its own kernel (:mod:`.mhc_coeffs`: the flattened n*d RMS
+statistics and the projection in one pass, gates, bias, sigmoids and the Sinkhorn loop in the
+epilogue, :mod:`.sinkhorn`), ``mhc_pre`` on the width kernel, ``mhc_post`` on the fused depth kernel.
 
 Usage: the ops of :mod:`hcref_jax.ops` under the same names (``hcref_jax.pallas.hc_coeffs(H, params,
 norm="rmsnorm")``...), which take the kernels on a TPU for the inputs :func:`supported` accepts and
@@ -18,6 +22,7 @@ conformance backend that always runs the kernels::
 
 from .. import ops as _xla
 from ._backend import PallasBackend
+from .mhc import MHC_OPS, mhc_coeffs, mhc_post, mhc_pre
 from .mode import ENV, MODES, get_mode, on_tpu, set_mode, use_mode
 from .ops import (
     KERNEL_DTYPES,
@@ -48,6 +53,7 @@ backend = PallasBackend()
 __all__ = [
     "ENV",
     "KERNEL_DTYPES",
+    "MHC_OPS",
     "MODES",
     "OPS",
     "Forced",
@@ -68,6 +74,9 @@ __all__ = [
     "hc_site_depth",
     "hc_site_width",
     "hc_width",
+    "mhc_coeffs",
+    "mhc_post",
+    "mhc_pre",
     "on_tpu",
     "reduce",
     "set_mode",

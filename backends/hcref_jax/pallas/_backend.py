@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import mhc as xla_mhc
 from .._backend import _OPTIONS, JaxBackend
 from . import mode
 from .ops import Forced
@@ -20,11 +21,14 @@ def _jit(fn: Any, static: tuple[str, ...] = ()) -> Any:
 
 
 class PallasBackend(JaxBackend):
-    """hcref on jax arrays with ``hc_*`` / ``fc_*`` coefficients, width and depth on the Pallas kernels
-    wherever they take the input (:func:`hcref_jax.pallas.supported`), whatever the mode: compiled by
-    Mosaic on a TPU, in TPU interpret mode elsewhere (the conformance suite validates the kernels op
-    by op on a CPU this way). ``expand``, ``reduce``, ``frac_split``, ``frac_merge`` (a broadcast, a sum
-    over the streams, two reshapes) and a static site's coefficients (a broadcast) are XLA ops.
+    """hcref on jax arrays with ``hc_*`` / ``fc_*`` coefficients, width and depth and ``mhc_coeffs``,
+    ``mhc_pre``, ``mhc_post`` on the Pallas kernels wherever they take the input
+    (:func:`hcref_jax.pallas.supported`), whatever the mode: compiled by Mosaic on a TPU, in TPU
+    interpret mode elsewhere (the conformance suite validates the kernels op by op on a CPU this
+    way). ``expand``, ``reduce``, ``frac_split``, ``frac_merge`` (a broadcast, a sum over the streams,
+    two reshapes), a static site's coefficients (a broadcast), the standalone ``sinkhorn`` (its
+    in-kernel version runs inside ``mhc_coeffs``) and ``mhc_head`` are the XLA ops of
+    :mod:`hcref_jax.ops` and :mod:`hcref_jax.mhc`.
 
     Dtypes: float32 and bfloat16, the kernels' (a TPU has no float64). Devices: the TPU when JAX's
     default backend is one, else the CPU.
@@ -38,6 +42,11 @@ class PallasBackend(JaxBackend):
     fc_coeffs = staticmethod(_jit(Forced.fc_coeffs, _OPTIONS))
     fc_width = staticmethod(_jit(Forced.fc_width))
     fc_depth = staticmethod(_jit(Forced.fc_depth))
+    mhc_coeffs = staticmethod(_jit(Forced.mhc_coeffs, ("iters", "eps")))
+    mhc_pre = staticmethod(_jit(Forced.mhc_pre))
+    mhc_post = staticmethod(_jit(Forced.mhc_post))
+    sinkhorn = staticmethod(_jit(xla_mhc.sinkhorn, ("iters", "eps")))
+    mhc_head = staticmethod(_jit(xla_mhc.mhc_head, ("eps",)))
 
     def capabilities(self) -> list[tuple[str, str]]:
         platform = "tpu" if mode.on_tpu() else "cpu"

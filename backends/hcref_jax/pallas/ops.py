@@ -15,6 +15,9 @@ dtype of H and the parameters; ``*_width`` keeps H's dtype; ``*_depth`` gives ``
 Kernels: float32 and bfloat16 inputs (what a TPU runs; float16 and float64 take the XLA path), at
 least one token, ``1 <= k <= 16`` streams/fractions, and rows whose blocks fit VMEM
 (:mod:`.blocks`). A static site's coefficients are a broadcast of its parameters: XLA does it.
+
+The mHC ops (``mhc_coeffs``, ``mhc_pre``, ``mhc_post``) live in :mod:`.mhc`; :func:`supported`,
+:data:`OPS` and :class:`Forced` cover them too.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from .coeffs import CoeffSpec, coeff_rows
 from .coeffs import fits as coeff_fits
 from .depth import WriteSpec, write_fused_rows, write_rows
 from .depth import fits as write_fits
+from .mhc import MHC_OPS, ForcedMhc
+from .mhc import supported as mhc_supported
 from .width import MixSpec, mix_rows
 from .width import fits as mix_fits
 
@@ -45,7 +50,7 @@ KERNEL_DTYPES = ("float32", "bfloat16")
 """Input dtypes the kernels take (a TPU has no float64; float16 takes the XLA path)."""
 
 OPS = ("hc_coeffs", "hc_width", "hc_depth", "fc_coeffs", "fc_width", "fc_depth",
-       "hc_site_width", "hc_site_depth", "fc_site_width", "fc_site_depth")
+       "hc_site_width", "hc_site_depth", "fc_site_width", "fc_site_depth", *MHC_OPS)
 """The names :func:`supported` knows."""
 
 
@@ -79,10 +84,13 @@ def _arrays(args: Any) -> list[Any]:
 def supported(op: str, *args: Any) -> bool:
     """Whether the kernels take op ``op`` (a name of :data:`OPS`) on these inputs (arrays, tracers or
     ``jax.ShapeDtypeStruct``s, with the op's positional arguments: ``supported("hc_width", H, alpha)``,
-    ``supported("hc_coeffs", H, params)``, ``supported("fc_site_depth", y, state)``). Inputs are
+    ``supported("hc_coeffs", H, params)``, ``supported("fc_site_depth", y, state)``,
+    ``supported("mhc_coeffs", H, params)``, ``supported("mhc_post", y, H, h_post, h_res)``). Inputs are
     assumed valid for the op (the op itself checks them). Independent of the mode and the platform."""
     if op not in OPS:
         raise ValueError(f"op: expected one of {list(OPS)}, got {op!r}")
+    if op in MHC_OPS:
+        return mhc_supported(op, *args)
     try:
         arrays = _arrays(args)
         if any(dtype_name(a.dtype) not in KERNEL_DTYPES for a in arrays):
@@ -335,9 +343,10 @@ def fc_site_depth(y: Array, state: SiteState) -> Array:
     return _site_depth("fc", y, state, False)
 
 
-class Forced:
+class Forced(ForcedMhc):
     """The same ops with the kernels forced wherever :func:`supported` holds (whatever the mode):
-    what the kernel backend calls. ``Forced.hc_width(H, alpha)`` etc."""
+    what the kernel backend calls. ``Forced.hc_width(H, alpha)``, ``Forced.mhc_post(y, H, h_post, h_res)``
+    etc."""
 
     @staticmethod
     def hc_coeffs(H: Array, params: Mapping[str, Array], *, norm: str = "layernorm", use_tanh: bool = True,

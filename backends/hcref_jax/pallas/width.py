@@ -12,7 +12,9 @@ lane blocks, both "parallel".
 
 Without ``rest`` (the fused site path for a static site; a dynamic site computes h0 in the
 coefficient kernel) only h0 is written and H is passed through to the depth kernel, which does the
-mixing of the residual itself; the backward adds the cotangent of the passed-on H.
+mixing of the residual itself; the backward adds the cotangent of the passed-on H. Without
+``rest`` and ``pass_state`` only h0 is written (mHC's ``mhc_pre``: k = n streams, c = 1 column
+``h_pre``).
 
 Backward (math.md 5.3): ``g_H_i = sum_col alpha[i, col] g_mix_col (+ g_passed)``,
 ``g_alpha[i, col] = <H_i, g_mix_col>`` summed over the lane blocks along the "arbitrary" inner grid
@@ -43,6 +45,12 @@ class MixSpec:
     split: int
     rest: bool
     """Write H_res = alpha[:, :, split:]^T H (the contract op); off in the site path."""
+    pass_state: bool = True
+    """Without ``rest``: pass H on (the site path) or not (``mhc_pre``: h0 only)."""
+
+    @property
+    def passes(self) -> bool:
+        return not self.rest and self.pass_state
 
 
 def fits(spec: MixSpec, tokens: int, w: int, x_bytes: int, a_bytes: int) -> bool:
@@ -63,7 +71,7 @@ def _per_token(spec: MixSpec, w: int, x_bytes: int, a_bytes: int, backward: bool
     block = [(k, tw, x_bytes), (1, k * c, a_bytes), (g_rows, tw, x_bytes)]
     temps = k + 1
     if backward:
-        block += [(k, tw, x_bytes), (1, k * c, 4)] + ([] if spec.rest else [(k, tw, x_bytes)])
+        block += [(k, tw, x_bytes), (1, k * c, 4)] + ([(k, tw, x_bytes)] if spec.passes else [])
         temps = g_rows + 2
     return blocks.per_token_bytes(block, temps, tw)
 
@@ -119,7 +127,7 @@ def _bwd_kernel(a_ref: Any, x_ref: Any, *refs: Any, spec: MixSpec) -> None:
     gfirst_ref, refs = refs[0], refs[1:]
     if spec.rest:
         grest_ref, refs = refs[0], refs[1:]
-    else:
+    elif spec.passes:
         gpass_ref, refs = refs[0], refs[1:]
     gx_ref, ga_ref = refs
     tn = a_ref.shape[0]
@@ -134,7 +142,7 @@ def _bwd_kernel(a_ref: Any, x_ref: Any, *refs: Any, spec: MixSpec) -> None:
         g += [rows(grest_ref, j, tn, k) for j in range(k)]
     for i in range(k):
         x_i = rows(x_ref, i, tn, k)
-        g_x = rows(gpass_ref, i, tn, k) if not spec.rest else None
+        g_x = rows(gpass_ref, i, tn, k) if spec.passes else None
         for col, g_col in enumerate(g):
             term = column(a, i * c + col) * g_col
             g_x = term if g_x is None else g_x + term
@@ -160,8 +168,7 @@ def _bwd_build(spec: MixSpec, key: tuple[int, int, bool]) -> Any:
             pl.BlockSpec((tn, k * c), coeff),
             pl.BlockSpec((tn * k, tw), block),
             pl.BlockSpec((tn * spec.split, tw), block),
-            pl.BlockSpec((tn * k, tw), block),
-        ]
+        ] + ([pl.BlockSpec((tn * k, tw), block)] if spec.rest or spec.passes else [])
         outs = call(
             functools.partial(_bwd_kernel, spec=spec),
             name="hcref_width_bwd",
@@ -173,15 +180,16 @@ def _bwd_build(spec: MixSpec, key: tuple[int, int, bool]) -> Any:
         )(*args)
         return outs[0], outs[1]
 
-    return fold_tokens(jax.jit(run), (True, True, True, True), (True, True))
+    return fold_tokens(jax.jit(run), (True,) * (4 if spec.rest or spec.passes else 3), (True, True))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def mix_rows(spec: MixSpec, A: Array, X: Array) -> tuple[Array, ...]:
     """Rows of ``alpha^T H`` for A = alpha (N, k*c) and X = H rows (N*k, w): (h0 rows (N*split, w),
-    H_res rows (N*k, w)) with ``spec.rest``, else (h0 rows, X) (X passed on to the depth kernel)."""
+    H_res rows (N*k, w)) with ``spec.rest``, else (h0 rows, X) (X passed on to the depth kernel),
+    or (h0 rows,) when neither (``spec.pass_state`` off)."""
     outs = _fwd_call(spec)(A, X)
-    return outs if spec.rest else (*outs, X)
+    return (*outs, X) if spec.passes else outs
 
 
 def _mix_fwd(spec: MixSpec, A: Array, X: Array) -> tuple[Any, Any]:
@@ -190,8 +198,7 @@ def _mix_fwd(spec: MixSpec, A: Array, X: Array) -> tuple[Any, Any]:
 
 def _mix_bwd(spec: MixSpec, res: Any, g: Any) -> tuple[Array, Array]:
     A, X = res
-    g_first, g_second = (x.astype(X.dtype) for x in g)
-    g_X, g_A = _bwd_call(spec)(A, X, g_first, g_second)
+    g_X, g_A = _bwd_call(spec)(A, X, *(x.astype(X.dtype) for x in g))
     return g_A.astype(A.dtype), g_X
 
 

@@ -11,6 +11,12 @@ working:
 3. depth: ``H_out = H_res + B^T y^T`` (HC) or the diagonal write (FC) in one pass, or, in the
    fused site without gradients, ``H_out = A_r^T H + B^T y^T`` with H_res never written.
 
+mHC (mHC paper, arXiv 2512.24880): ``mhc_coeffs`` (RMS statistics and the projection in one
+pass over the flattened n*d state, then gates, sigmoid / 2 sigmoid and the whole Sinkhorn loop
+in registers; the backward recomputes the iterates), ``sinkhorn`` (the same epilogue alone),
+``mhc_pre`` (h0 = h_pre^T H, one pass) and ``mhc_post`` (H_out = h_res H + h_post y^T, one
+pass; its backward one pass over G, H and y), the forwards on the mixing kernels.
+
 Use: the functional API here has the contract ops' signatures and errors (:mod:`.functional`)
 plus the fused site (:func:`hc_site_width` / :func:`fc_site_width`, then :func:`site_depth`).
 ``hcref_torch`` dispatches CUDA tensors to it automatically when Triton imports and
@@ -29,7 +35,18 @@ conformance backend that always runs the kernels.
 
 from typing import Any
 
-from ._switch import DTYPES, ENV_VAR, MAX_ROWS, available, enabled, interpreting, set_enabled, supported, use_for
+from ._switch import (
+    DTYPES,
+    ENV_VAR,
+    MAX_ROWS,
+    MHC_MAX_N,
+    available,
+    enabled,
+    interpreting,
+    set_enabled,
+    supported,
+    use_for,
+)
 from .functional import (
     FusedState,
     fc_coeffs,
@@ -42,6 +59,10 @@ from .functional import (
     hc_site,
     hc_site_width,
     hc_width,
+    mhc_coeffs,
+    mhc_post,
+    mhc_pre,
+    sinkhorn,
     site_depth,
 )
 
@@ -62,6 +83,7 @@ __all__ = [
     "DTYPES",
     "ENV_VAR",
     "MAX_ROWS",
+    "MHC_MAX_N",
     "FusedState",
     "KernelBackend",
     "available",
@@ -78,7 +100,11 @@ __all__ = [
     "hc_site_width",
     "hc_width",
     "interpreting",
+    "mhc_coeffs",
+    "mhc_post",
+    "mhc_pre",
     "set_enabled",
+    "sinkhorn",
     "site_depth",
     "supported",
     "use_for",

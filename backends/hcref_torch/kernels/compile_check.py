@@ -1,7 +1,7 @@
 """Compile the kernels for a CUDA GPU ahead of time, without a GPU, and report their registers.
 
     python -m hcref_torch.kernels.compile_check              # every configuration, sm_90 (H100/H200)
-    python -m hcref_torch.kernels.compile_check --quick      # the bfloat16 HC training path only
+    python -m hcref_torch.kernels.compile_check --quick      # the bfloat16 HC and mHC training paths only
     python -m hcref_torch.kernels.compile_check --arch 80    # A100
 
 The launchers of :mod:`._launch` are called on small CPU tensors with their launch replaced by a
@@ -32,7 +32,7 @@ import hcref
 
 _TYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
 _SHOWN = ("K", "C", "BLOCK_T", "BLOCK_W", "NORM", "MODE", "PREC", "MIX", "HAS_GF", "WRITE_FIRST", "ADD_Y",
-          "WRITE_GH", "FC")
+          "WRITE_GH", "FC", "N", "CP", "BLOCK_L", "SRC", "EPS_POS")
 
 
 @contextmanager
@@ -74,6 +74,32 @@ def _run_launchers(launch: Any, dtype: torch.dtype, family: str, k: int, w: int,
     launch.write_backward(H, y, beta, fc=fc)
 
 
+def _run_mhc_launchers(mlaunch: Any, dtype: torch.dtype, n: int, d: int, quick: bool) -> None:
+    """The mHC launchers (coefficients dynamic / static / bare Sinkhorn, eps 0 and > 0, forward and
+    backward; pre and post forward and backward) on zero tensors."""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    T, C = 64, 2 * n + n * n
+    _, CP = mlaunch.layout(n)
+    H = torch.zeros(T, n, d, dtype=dtype)
+    y = torch.zeros(T, d, dtype=dtype)
+    phi, b, gates = torch.zeros(n * d, C, dtype=acc), torch.zeros(C, dtype=acc), torch.zeros(3, dtype=acc)
+    Z, e = torch.zeros(T, CP, dtype=acc), b.new_empty(0)
+    stats = torch.zeros(T, 2, dtype=acc)
+    g_pre, g_res = torch.zeros(T, n, dtype=acc), torch.zeros(T, n, n, dtype=acc)
+    for eps in (0.0,) if quick else (0.0, 1e-6):
+        for src in (1, 0, 2):
+            mlaunch.coeffs_forward(H if src == 1 else e, phi, b, gates, Z, n=n, src=src, iters=20, eps=eps,
+                                   out_dtype=acc)
+            zs = Z if src != 0 else Z[:0]
+            mlaunch.coeffs_backward(H if src == 1 else e, zs, stats, g_pre, g_pre, g_res, phi, b, gates, n=n,
+                                    src=src, iters=20, eps=eps)
+    h_pre, h_res = torch.zeros(T, n, dtype=acc), torch.zeros(T, n, n, dtype=acc)
+    mlaunch.pre_forward(H, h_pre, acc)
+    mlaunch.pre_backward(y, H, h_pre, acc)
+    mlaunch.post_forward(y, H, h_pre, h_res, acc, dtype)
+    mlaunch.post_backward(H, y, H, h_pre, h_res, acc)
+
+
 def _signature(
     kernel: Any, args: tuple[Any, ...], meta: dict[str, Any]
 ) -> tuple[dict[str, str], dict[str, Any], dict[Any, Any]]:
@@ -86,6 +112,8 @@ def _signature(
             if isinstance(arg, torch.Tensor):
                 signature[name] = "*" + _TYPES[arg.dtype]
                 attrs[(i,)] = [["tt.divisibility", 16]]
+            elif isinstance(arg, float):
+                signature[name] = "fp32"
             else:
                 signature[name] = "i64" if abs(int(arg)) >= 2**31 else "i32"
                 if int(arg) % 16 == 0 and int(arg) != 0:
@@ -115,7 +143,7 @@ def _usage(cubin: bytes) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (90: H100/H200)")
-    parser.add_argument("--quick", action="store_true", help="bfloat16 HC, layernorm, only")
+    parser.add_argument("--quick", action="store_true", help="bfloat16 HC (layernorm) and mHC (eps 0) only")
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument("--d", type=int, default=4096)
     parser.add_argument("--m", type=int, default=4)
@@ -128,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     from triton.compiler import ASTSource
 
     from . import _launch as launch
+    from . import _mhc_launch as mlaunch
 
     dtypes = (torch.bfloat16,) if args.quick else (torch.bfloat16, torch.float16, torch.float32, torch.float64)
     families = (("hc", args.n, args.d),) if args.quick else (("hc", args.n, args.d), ("fc", args.m, args.d // args.m))
@@ -135,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         for dtype in dtypes:
             for family, k, w in families:
                 _run_launchers(launch, dtype, family, k, w, args.quick)
+            _run_mhc_launchers(mlaunch, dtype, args.n, args.d, args.quick)
     target = GPUTarget("cuda", args.arch, 32)
     seen: set[str] = set()
     failed = 0
@@ -152,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
             status = "ok  " + _usage(compiled.asm["cubin"])
         except Exception as exc:  # report every failure, then exit 1
             failed += 1
-            status = f"FAILED {type(exc).__name__}: {str(exc)[:300]}"
+            root: BaseException = exc
+            while root.__cause__ is not None:  # the innermost error says what went wrong
+                root = root.__cause__
+            status = f"FAILED {type(exc).__name__}: {str(exc)[:300]} ... {type(root).__name__}: {str(root)[:300]}"
         print(f"{name:10} {data:6} warps={meta['num_warps']} {shown} {status}", flush=True)
     print(f"{len(seen)} kernels compiled for sm_{args.arch}, {failed} failed")
     return 1 if failed else 0

@@ -28,12 +28,13 @@ from typing import Any, NamedTuple
 import torch
 
 from hcref import validation as v
+from hcref.sinkhorn_knopp import ITERS
 from hcref.validation import ArrayMeta
 
-from ._switch import TORCH_OK, supported
+from ._switch import TORCH_OK, generic_path, supported
 
 if TORCH_OK:  # registers the custom ops (torch >= 2.4); imports no triton
-    from . import _ops
+    from . import _mhc_ops, _ops
 
 Tensor = torch.Tensor
 
@@ -306,3 +307,120 @@ def fc_site(
     """One whole FC site: ``site_depth(branch(h0), state)`` with ``h0, state = fc_site_width(H, ...)``."""
     h0, state = fc_site_width(H, params, norm=norm, use_tanh=use_tanh, use_norm=use_norm, use_scale=use_scale)
     return site_depth(branch(h0), state)
+
+
+# --- mHC (mHC paper, arXiv 2512.24880; decisions D7-D10, D12) -----------------------------
+
+
+def _generic_mhc() -> Any:
+    from .. import mhc
+
+    return mhc
+
+
+def _mhc_coeffs_op(H: Any, params: Any, iters: Any, eps: Any, strict: bool) -> tuple[Tensor, Tensor, Tensor]:
+    n, _, dynamic = v.check_mhc_coeffs(_meta("H", H), params, _param_metas(params), iters, eps)
+    if not strict and not supported(H, *params.values(), op="mhc_coeffs"):
+        with generic_path():
+            result: tuple[Tensor, Tensor, Tensor] = _generic_mhc().mhc_coeffs(H, params, iters=iters, eps=eps)
+        return result
+    out_dtype = _promote(H, *params.values())
+    lead = H.shape[:-2]
+    b = params["b"]
+    e = b.new_empty(0)
+    if not dynamic:  # one token from b, broadcast (views); g_b sums the cotangents over the tokens
+        h_pre, h_post, h_res, _, _ = _mhc_ops.mhc_coeffs(e, e, b, e, e, n, 0, iters, float(eps), out_dtype)
+        return h_pre[0].expand(*lead, n), h_post[0].expand(*lead, n), h_res[0].expand(*lead, n, n)
+    H3 = H.reshape(-1, n, H.shape[-1])
+    h_pre, h_post, h_res, _, _ = _mhc_ops.mhc_coeffs(
+        H3, params["phi"], b, params["gates"], e, n, 1, iters, float(eps), out_dtype
+    )
+    return h_pre.reshape(*lead, n), h_post.reshape(*lead, n), h_res.reshape(*lead, n, n)
+
+
+def _sinkhorn_op(Z: Any, iters: Any, eps: Any, strict: bool) -> Tensor:
+    v.check_sinkhorn(_meta("Z", Z), iters, eps)
+    if not strict and not supported(Z, op="sinkhorn"):
+        with generic_path():
+            result: Tensor = _generic_mhc().sinkhorn(Z, iters=iters, eps=eps)
+        return result
+    n = Z.shape[-1]
+    e = Z.new_empty(0)
+    _, _, P, _, _ = _mhc_ops.mhc_coeffs(e, e, Z.new_zeros(2 * n + n * n), e, Z.reshape(-1, n, n), n, 2, iters,
+                                        float(eps), Z.dtype)
+    out: Tensor = P.reshape(Z.shape)
+    return out
+
+
+def _mhc_pre_op(H: Any, h_pre: Any, strict: bool) -> Tensor:
+    v.check_mhc_pre(_meta("H", H), _meta("h_pre", h_pre))
+    if not strict and not supported(H, h_pre, op="mhc_pre"):
+        with generic_path():
+            result: Tensor = _generic_mhc().mhc_pre(H, h_pre)
+        return result
+    out: Tensor = _mhc_ops.mhc_pre(H, h_pre)
+    return out
+
+
+def _mhc_post_op(y: Any, H: Any, h_post: Any, h_res: Any, strict: bool) -> Tensor:
+    v.check_mhc_post(_meta("y", y), _meta("H", H), _meta("h_post", h_post), _meta("h_res", h_res))
+    if not strict and not supported(H, y, h_post, h_res, op="mhc_post"):
+        with generic_path():
+            result: Tensor = _generic_mhc().mhc_post(y, H, h_post, h_res)
+        return result
+    out: Tensor = _mhc_ops.mhc_post(y, H, h_post, h_res)
+    return out
+
+
+def mhc_coeffs(
+    H: Tensor, params: Mapping[str, Tensor], *, iters: int = ITERS, eps: float = 0.0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`hcref.mhc_coeffs` (mHC paper Eqs. 7-9, 14-15; decision D9) on one kernel: per token
+    one pass over ``v = vec(H)`` (n*d) for the scale-safe RMS statistics and ``v phi`` together,
+    the norm applied after the matmul (``z = ((v / s) phi) r'``), then in registers::
+
+        logits = gates[k] z_k + b_k
+        h_pre  = sigmoid(logits_pre) + eps,   h_post = 2 sigmoid(logits_post)
+        h_res  = sinkhorn(mat(logits_res), iters, eps)   (log domain; V4's recipe for eps > 0)
+
+    The backward recomputes the Sinkhorn iterates on chip (nothing but z (2n+n^2 numbers) and
+    two statistics per token is kept from the forward) and reads H once more. A static site
+    (params exactly ``{b}``) runs the same epilogue once and broadcasts it (views).
+
+    Shapes: H (..., n, d), phi (n*d, 2n+n^2), b (2n+n^2), gates (3) -> h_pre (..., n),
+    h_post (..., n), h_res (..., n, n), in the promoted dtype of H and the parameters
+    (computed in float32, float64 for float64). Kernel for n <= 8 (``MHC_MAX_N``), the generic
+    path otherwise. Errors: those of :func:`hcref.mhc_coeffs`.
+    """
+    return _mhc_coeffs_op(H, params, iters, eps, strict=False)
+
+
+def sinkhorn(Z: Tensor, *, iters: int = ITERS, eps: float = 0.0) -> Tensor:
+    """:func:`hcref.sinkhorn` (mHC paper Eq. 9; decision D7) on the coefficient kernel's
+    epilogue: ``iters`` x (columns, then rows) from ``exp(Z)`` in the log domain (``eps = 0``)
+    or DeepSeek-V4's recipe (``eps > 0``), unrolled backward with the iterates recomputed.
+
+    Shapes: Z (..., n, n) -> P (..., n, n) in Z's dtype (half dtypes computed in float32).
+    Errors: those of :func:`hcref.sinkhorn`.
+    """
+    return _sinkhorn_op(Z, iters, eps, strict=False)
+
+
+def mhc_pre(H: Tensor, h_pre: Tensor) -> Tensor:
+    """:func:`hcref.mhc_pre` (mHC paper Eq. 3, ``H_pre x_l``): ``h0 = sum_i h_pre[i] H[i]``, H read
+    once; backward ``g_H = h_pre g^T``, ``g_h_pre = H g`` in one pass.
+
+    Shapes: H (..., n, d), h_pre (..., n) -> h0 (..., d) in H's dtype.
+    """
+    return _mhc_pre_op(H, h_pre, strict=False)
+
+
+def mhc_post(y: Tensor, H: Tensor, h_post: Tensor, h_res: Tensor) -> Tensor:
+    """:func:`hcref.mhc_post` (mHC paper Eq. 3): ``H_out = h_res H + h_post y^T`` in one pass
+    (H, y and the coefficients read once, H_out written once). Backward in one pass over G, H
+    and y: ``g_y = h_post^T G``, ``g_H = h_res^T G``, ``g_h_post = G y``, ``g_h_res = G H^T``.
+
+    Shapes: y (..., d), H (..., n, d), h_post (..., n), h_res (..., n, n) -> H_out (..., n, d) in
+    ``promote(y, H)``.
+    """
+    return _mhc_post_op(y, H, h_post, h_res, strict=False)
