@@ -5,7 +5,7 @@ under the forced ``"pallas"`` mode, where off a TPU they run in TPU interpret mo
 equal the XLA path, forward and backward, under jit, grad and vmap; unsupported inputs (float64,
 an empty token axis, a static site's coefficients) and ``"xla"`` keep the XLA path; errors are the
 reference's on both paths. The mHC ops take a kernel once the kernel package lists it (shown with
-a stand-in kernel)."""
+a stand-in kernel, and with the package's mHC kernels: a site and the module, forced, equal XLA)."""
 
 from __future__ import annotations
 
@@ -201,3 +201,31 @@ def test_mhc_ops_take_a_kernel_once_the_kernel_package_lists_it(name: str, monke
         assert len(calls) == 1
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_mhc_ops_and_modules_take_the_kernels_the_package_has() -> None:
+    """With the kernel package's mHC kernels (hcref_jax.pallas lists mhc_coeffs, mhc_pre, mhc_post):
+    a whole mHC site written with hcref_jax's ops, and the NNX module, run on them when forced (TPU
+    interpret mode here) and on XLA by default off a TPU, with equal values and gradients."""
+    listed = [name for name in ("mhc_coeffs", "mhc_pre", "mhc_post") if name in hp.OPS]
+    if not listed:
+        pytest.skip("hcref_jax.pallas has no mHC kernels in this tree")
+    rng = np.random.default_rng(6)
+    H_np, p_np = random_inputs("mhc_coeffs", rng, (4,), 3, 8)
+    H = jnp.asarray(H_np, F32)
+    p = {k: jnp.asarray(v, F32) for k, v in p_np.items()}
+
+    def loss(H: jax.Array, p: dict[str, jax.Array]) -> jax.Array:
+        h_pre, h_post, h_res = mhc.mhc_coeffs(H, p, iters=5)
+        return jnp.sum(mhc.mhc_post(jnp.tanh(mhc.mhc_pre(H, h_pre)), H, h_post, h_res) ** 2)
+
+    grad = jax.value_and_grad(loss, argnums=(0, 1))
+    site = hcref_jax.ManifoldHyperConnections(3, 8, 0, iters=5)
+    assert _kernels_in(grad, H, p) == 0 and _kernels_in(lambda H: site(H, jnp.tanh), H) == 0
+    want = grad(H, p)
+    with hp.use_mode("pallas"):
+        assert _kernels_in(grad, H, p) == 2 * len(listed)  # forward and backward kernel per op
+        assert _kernels_in(lambda H: site(H, jnp.tanh), H) == len(listed)
+        got = grad(H, p)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5)
