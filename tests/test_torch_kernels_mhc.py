@@ -349,7 +349,13 @@ def test_fallback_never_comes_back_to_the_kernels() -> None:
 
     H = torch.ones(2, 9, 3).as_subclass(CudaLooking)
     assert _switch.use_for(H) and not _switch.use_for(H, op="mhc_coeffs")  # 9 streams: pre/post only
-    DistLooking = type("DTensor", (CudaLooking,), {"__module__": "torch.distributed.tensor._api"})
+    from torch.distributed.tensor import DTensor
+
+    class DistLooking(DTensor):  # a DTensor on a "cuda" device, as use_for sees one
+        @property
+        def device(self) -> Any:  # type: ignore[override]
+            return torch.device("cuda")
+
     assert not _switch.use_for(torch.ones(2, 4, 3).as_subclass(DistLooking)), "DTensors stay generic"
     with _switch.generic_path():
         assert not _switch.use_for(H) and not _switch.use_for(H, op="mhc_pre")
