@@ -114,7 +114,8 @@ def _sinkhorn_log(Z: Array, iters: int) -> Array:
 
 
 def _sinkhorn_log_fwd(Z: Array, iters: int) -> tuple[Array, tuple[Array, Array, Array]]:
-    _, (R, C) = lax.scan(_log_step, (Z, jnp.zeros(Z.shape[:-1], Z.dtype)), None, length=iters)
+    # zeros_like(Z[..., 0]): the carry keeps Z's varying axes inside shard_map
+    _, (R, C) = lax.scan(_log_step, (Z, jnp.zeros_like(Z[..., 0])), None, length=iters)
     P = _scaled(Z, R[-1], C[-1])
     return P / jnp.sum(P, axis=-1, keepdims=True), (Z, R, C)
 
