@@ -198,3 +198,31 @@ def test_at_init_hc_is_n_times_the_prenorm_residual_and_fc_is_equal(n: int) -> N
     for block in blocks:
         F = FracConnections(3, d, norm="rmsnorm", param_dtype=jnp.float64)(F, block)
     np.testing.assert_allclose(np.asarray(FracMerge()(F)), np.asarray(residual), rtol=1e-12, atol=1e-12)
+
+
+def test_modules_are_built_on_the_framework_free_plan() -> None:
+    """HC/FC modules hold their :class:`hcref.connections.Plan` (keys, init, options, repr text) and
+    keep the constructor's arguments as attributes; a state of the wrong shape gets the plan's error
+    naming the module and the fix (the ops would only name ``H``)."""
+    from hcref import connections
+
+    hc = HyperConnections(4, 32, 0, norm="rmsnorm", use_tanh=False)
+    assert hc.plan == connections.hc_plan(4, 32, 0, norm="rmsnorm", use_tanh=False)
+    assert (hc.n, hc.d, hc.layer_index, hc.dynamic, hc.norm, hc.use_tanh, hc.use_norm, hc.use_scale) == (
+        4, 32, 0, True, "rmsnorm", False, True, True)
+    fc = FracConnections(4, 32, dynamic=False)
+    assert fc.plan == connections.fc_plan(4, 32, dynamic=False)
+    assert (fc.m, fc.d, fc.dynamic, fc.norm) == (4, 32, False, "layernorm")
+    assert list(fc.params()) == ["Y", "A", "B"]
+    with pytest.raises(ValueError, match=r"^HyperConnections\(n=4, d=32, layer_index=0\): expected H of shape "
+                                         r"\(\.\.\., 4, 32\).*got shape \(2, 10, 32\).*Expand\(4\)"):
+        nnx.jit(lambda m, H: m(H, jnp.tanh))(hc, jnp.ones((2, 10, 32)))
+    with pytest.raises(ValueError, match=r"^FracConnections\(m=4, d=32\): expected H of shape \(\.\.\., 4, 8\)"
+                                         r".*FracSplit\(4\)"):
+        fc(jnp.ones((2, 10, 32)), jnp.tanh)
+    h0, state = hc.width(jnp.ones((2, 4, 32)))
+    assert h0.shape == (2, 32)
+    assert isinstance(state, connections.SiteState)
+    with pytest.raises(ValueError, match=r"^HyperConnections\(n=4, d=32, layer_index=0\)\.depth: expected the "
+                                         r"branch output y of shape \(2, 32\)"):
+        hc.depth(jnp.ones((2, 31)), state)

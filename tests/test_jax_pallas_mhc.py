@@ -274,7 +274,7 @@ def test_modes_supported_and_fallbacks() -> None:
         with hp.use_mode(value):
             assert _uses_kernels(lambda H, p: hp.mhc_coeffs(H, p), H, p) is expected
             assert _uses_kernels(hp.mhc_pre, H, h) is expected
-            assert _uses_kernels(hp.mhc_post, H[..., 0, :], H, h, jnp.ones((4, 3, 3))) is expected
+            assert _uses_kernels(hp.mhc_post, H[..., 0, :], H, h, jnp.ones((4, 3, 3), F32)) is expected
     assert set(hp.MHC_OPS) <= set(hp.OPS)
     assert hp.supported("mhc_coeffs", S((4, 3, 8), jnp.bfloat16), p)
     assert hp.supported("mhc_post", S((4, 8), jnp.bfloat16), S((4, 3, 8), jnp.bfloat16), h, S((4, 3, 3), F32))

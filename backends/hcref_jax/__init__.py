@@ -1,8 +1,14 @@
-"""hcref_jax: Hyper-Connections and Frac-Connections for JAX and Flax NNX.
+"""hcref_jax: Hyper-Connections, Frac-Connections and mHC for JAX and Flax NNX.
 
 Functional ops with the reference's names, shapes and errors, as pure functions on jax arrays
-that jit, vmap and differentiate (:mod:`hcref_jax.ops`); Flax NNX modules
-(:mod:`hcref_jax.modules`); and the conformance backend object ``backend`` (jitted ops, ``jax.vjp``).
+that jit, vmap and differentiate (HC/FC: :mod:`hcref_jax.ops`; mHC: :mod:`hcref_jax.mhc`); Flax
+NNX modules (:mod:`hcref_jax.modules`, :mod:`hcref_jax.mhc_modules`); and the conformance backend
+object ``backend`` (every op of :data:`hcref.optable.ALL_OPS`, jitted; ``jax.vjp``).
+
+On a TPU the HC/FC ops, and so the backend object and the modules, run on the Pallas kernels of
+:mod:`hcref_jax.pallas` for every input those take, and on XLA elsewhere;
+``hcref_jax.pallas.set_mode("pallas" | "xla" | "auto")`` (or ``HCREF_JAX_PALLAS``) forces either
+(:mod:`hcref_jax.ops`, "Pallas kernels"). The mHC ops do the same for the kernels the package lists.
 """
 
 try:  # a clear message when the extra was not installed (the frameworks come with `hcref[jax]`)
@@ -21,6 +27,8 @@ except ModuleNotFoundError as _exc:
     ) from None
 
 from ._backend import JaxBackend
+from .mhc import mhc_coeffs, mhc_head, mhc_post, mhc_pre, sinkhorn
+from .mhc_modules import ManifoldHyperConnections, MHCHead
 from .modules import Expand, FracConnections, FracMerge, FracSplit, HyperConnections, Reduce, SiteState
 from .ops import (
     expand,
@@ -45,6 +53,8 @@ __all__ = [
     "FracSplit",
     "HyperConnections",
     "JaxBackend",
+    "MHCHead",
+    "ManifoldHyperConnections",
     "Reduce",
     "SiteState",
     "backend",
@@ -57,5 +67,10 @@ __all__ = [
     "hc_coeffs",
     "hc_depth",
     "hc_width",
+    "mhc_coeffs",
+    "mhc_head",
+    "mhc_post",
+    "mhc_pre",
     "reduce",
+    "sinkhorn",
 ]

@@ -1,4 +1,5 @@
-"""``JaxBackend``: the ops of :mod:`hcref_jax.ops`, jitted, behind :class:`hcref.interface.Backend`."""
+"""``JaxBackend``: the ops of :mod:`hcref_jax.ops` and :mod:`hcref_jax.mhc` (every op of
+:data:`hcref.optable.ALL_OPS`), jitted, behind :class:`hcref.interface.Backend`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 import hcref
 
-from . import ops
+from . import mhc, ops
 
 _DTYPES = {
     "float64": jnp.float64,
@@ -20,6 +21,7 @@ _DTYPES = {
     "float16": jnp.float16,
 }
 _OPTIONS = ("norm", "use_tanh", "use_norm", "use_scale")
+_MHC_OPTIONS = ("iters", "eps")
 
 
 def _jit(fn: Callable[..., Any], static: tuple[str, ...] = ()) -> Callable[..., Any]:
@@ -69,6 +71,11 @@ class JaxBackend:
     fc_coeffs = staticmethod(_jit(ops.fc_coeffs, _OPTIONS))
     fc_width = staticmethod(_jit(ops.fc_width))
     fc_depth = staticmethod(_jit(ops.fc_depth))
+    sinkhorn = staticmethod(_jit(mhc.sinkhorn, _MHC_OPTIONS))
+    mhc_coeffs = staticmethod(_jit(mhc.mhc_coeffs, _MHC_OPTIONS))
+    mhc_pre = staticmethod(_jit(mhc.mhc_pre))
+    mhc_post = staticmethod(_jit(mhc.mhc_post))
+    mhc_head = staticmethod(_jit(mhc.mhc_head, ("eps",)))
 
     def capabilities(self) -> list[tuple[str, str]]:
         return [(device, dtype) for device in _platforms() for dtype in _DTYPES]

@@ -17,13 +17,20 @@ coefficients for float32 parameters on a bfloat16 state), ``mhc_pre`` and ``mhc_
 dtype, ``mhc_post`` to ``promote(y, H)``. Contractions run at ``Precision.HIGHEST``.
 
 RMS scaling of the flattened state, folded after the projection (mHC paper Eqs. 14-15 reorder
-it so): with ``v = vec(H)`` (n*d) and the power-of-two row scale ``s`` of
-:func:`hcref.norms.row_scale`, ``r' = (mean((v/s)^2) + 1e-6/s/s)^(-1/2)`` and
-``z = ((v phi) / s) r'``, equal to the reference's ``rms(v) phi`` in real arithmetic and
-scale-safe (``s`` keeps the sum of squares finite; ``v / s`` is exact). Range limit of the
-folded matmul: ``v phi`` itself must be finite, i.e. ``max|v| * max_k sum_i |phi[i, k]|`` below
-the compute dtype's largest number (3.4e38 in float32, 1.8e308 in float64); the reference
-(which projects ``v / s``, entries in [-2, 2)) has no such limit.
+it so), scale-safe as the backend's norms (D12, :mod:`hcref_jax.ops`): with ``v = vec(H)`` (n*d)
+and the power-of-two row scale ``s = 2^floor(log2(max(max|v|, 1)))`` (exponent bits, capped at
+2^126 / 2^1022 so that ``1/s`` is a normal number), ``v' = v / s`` (exact),
+``r' = (mean(v'^2) + 1e-6/s/s)^(-1/2)`` and ``z = (r'/s) (v phi)`` while ``v phi`` cannot
+overflow (``2 max(s) max_k sum_i |phi[i, k]|`` below a quarter of the dtype's largest number),
+else ``z = r' (v' phi)``; equal to the reference's ``rms(v) phi`` in real arithmetic, bit for bit
+between the two forms, and finite, forward and VJP, for any finite H whose exact result is
+finite (inputs of 1e-30 to 3e38 in float32). The VJP is the hand-written one of the rmsnorm
+projection (``hcref_jax.ops._rms_proj``).
+
+Pallas kernels (issue 15). Each op asks :func:`hcref_jax.ops.pallas_op` after validating its inputs:
+an op that :mod:`hcref_jax.pallas` lists in ``OPS`` and provides in ``Forced`` runs on its kernel on
+a TPU (or with ``set_mode("pallas")``) for the inputs ``hcref_jax.pallas.supported`` takes, the XLA
+path below otherwise (and always, while the kernel package has no mHC kernels), exactly as for HC/FC.
 
 Sinkhorn (decision D7): the log-domain iteration with potentials of :mod:`hcref.sinkhorn_knopp`
 for ``eps = 0`` (finite wherever the math is), DeepSeek-V4's recipe for ``eps > 0``; both are
@@ -49,15 +56,11 @@ from hcref import validation as v
 from hcref.mhc import RMS_EPS
 from hcref.sinkhorn_knopp import ITERS
 
-from .ops import compute_dtype, meta
+from .ops import _rms_proj, compute_dtype, meta, pallas_op, promote
 
 Array = jax.Array
 
 _HIGHEST = lax.Precision.HIGHEST
-
-
-def _promote(*arrays: Any) -> Any:
-    return jnp.result_type(*(a.dtype for a in arrays))
 
 
 def _param_metas(params: Any) -> dict[str, v.ArrayMeta]:
@@ -111,7 +114,8 @@ def _sinkhorn_log(Z: Array, iters: int) -> Array:
 
 
 def _sinkhorn_log_fwd(Z: Array, iters: int) -> tuple[Array, tuple[Array, Array, Array]]:
-    _, (R, C) = lax.scan(_log_step, (Z, jnp.zeros(Z.shape[:-1], Z.dtype)), None, length=iters)
+    # zeros_like(Z[..., 0]): the carry keeps Z's varying axes inside shard_map
+    _, (R, C) = lax.scan(_log_step, (Z, jnp.zeros_like(Z[..., 0])), None, length=iters)
     P = _scaled(Z, R[-1], C[-1])
     return P / jnp.sum(P, axis=-1, keepdims=True), (Z, R, C)
 
@@ -192,6 +196,9 @@ def sinkhorn(Z: Array, *, iters: int = ITERS, eps: float = 0.0) -> Array:
     TypeError for a non-floating Z, a non-int ``iters`` or a non-real ``eps``.
     """
     v.check_sinkhorn(meta("Z", Z), iters, eps)
+    kernel = pallas_op("sinkhorn", Z)
+    if kernel is not None:
+        return kernel(Z, iters=iters, eps=eps)  # type: ignore[no-any-return]
     Z = jnp.asarray(Z)
     return _project(Z.astype(compute_dtype(Z.dtype)), iters, float(eps)).astype(Z.dtype)
 
@@ -199,24 +206,14 @@ def sinkhorn(Z: Array, *, iters: int = ITERS, eps: float = 0.0) -> Array:
 # --- coefficients -------------------------------------------------------------------------------
 
 
-def _row_scale(x: Array) -> Array:
-    """``s = 2^floor(log2(max(max|x|, 1)))`` over the last axis (keepdims), exact, no gradient
-    (:func:`hcref.norms.row_scale`)."""
-    amax = jnp.maximum(jnp.max(jnp.abs(lax.stop_gradient(x)), axis=-1, keepdims=True), 1)
-    _, exponent = jnp.frexp(amax)  # amax = f 2^exponent, f in [0.5, 1)
-    return jnp.ldexp(jnp.ones_like(amax), exponent - 1)
-
-
 def _rms_project(H: Array, phi: Array) -> Array:
-    """``z = rms(vec(H)) phi`` folded after the projection, scale-safe (module docstring).
+    """``z = rms(vec(H)) phi`` folded after the projection, scale-safe (module docstring): the
+    rmsnorm projection of :mod:`hcref_jax.ops` with mHC's epsilon (1e-6, D9) and its hand-written VJP.
 
     Shapes: H (..., n, d), phi (n*d, k) -> z (..., k), in the dtype of H and phi (one dtype).
     """
     vec = H.reshape(*H.shape[:-2], H.shape[-2] * H.shape[-1])
-    s = _row_scale(vec)
-    xs = vec / s
-    r = lax.rsqrt(jnp.mean(xs * xs, axis=-1, keepdims=True) + RMS_EPS / s / s)
-    return jnp.matmul(vec, phi, precision=_HIGHEST) / s * r
+    return _rms_proj(vec, phi, RMS_EPS)
 
 
 def mhc_coeffs(
@@ -237,8 +234,11 @@ def mhc_coeffs(
     least float32). Raises the reference's ValueError/TypeError for bad keys, shapes, options.
     """
     n, _, dynamic = v.check_mhc_coeffs(meta("H", H), params, _param_metas(params), iters, eps)
+    kernel = pallas_op("mhc_coeffs", H, params)
+    if kernel is not None:
+        return kernel(H, params, iters=iters, eps=eps)  # type: ignore[no-any-return]
     H, p = jnp.asarray(H), _arrays(params)
-    out = _promote(H, *p.values())
+    out = promote(H, *p.values())
     ct = compute_dtype(out)
     lead = H.shape[:-2]
     b = p["b"].astype(ct)
@@ -269,8 +269,11 @@ def mhc_pre(H: Array, h_pre: Array) -> Array:
     dtype, at least float32, rounded once).
     """
     v.check_mhc_pre(meta("H", H), meta("h_pre", h_pre))
+    kernel = pallas_op("mhc_pre", H, h_pre)
+    if kernel is not None:
+        return kernel(H, h_pre)  # type: ignore[no-any-return]
     H, h_pre = jnp.asarray(H), jnp.asarray(h_pre)
-    ct = compute_dtype(_promote(H, h_pre))
+    ct = compute_dtype(promote(H, h_pre))
     h0 = jnp.einsum("...i,...ic->...c", h_pre.astype(ct), H.astype(ct), precision=_HIGHEST)
     return h0.astype(H.dtype)
 
@@ -283,11 +286,14 @@ def mhc_post(y: Array, H: Array, h_post: Array, h_res: Array) -> Array:
     Dtype: ``promote(y, H)`` (computed in the promoted dtype of all four, at least float32).
     """
     v.check_mhc_post(meta("y", y), meta("H", H), meta("h_post", h_post), meta("h_res", h_res))
+    kernel = pallas_op("mhc_post", y, H, h_post, h_res)
+    if kernel is not None:
+        return kernel(y, H, h_post, h_res)  # type: ignore[no-any-return]
     y, H, h_post, h_res = (jnp.asarray(a) for a in (y, H, h_post, h_res))
-    ct = compute_dtype(_promote(y, H, h_post, h_res))
+    ct = compute_dtype(promote(y, H, h_post, h_res))
     mixed = jnp.einsum("...ij,...jc->...ic", h_res.astype(ct), H.astype(ct), precision=_HIGHEST)
     H_out = mixed + h_post.astype(ct)[..., :, None] * y.astype(ct)[..., None, :]
-    return H_out.astype(_promote(y, H))
+    return H_out.astype(promote(y, H))
 
 
 def mhc_head(H: Array, params: Mapping[str, Array], *, eps: float = 0.0) -> Array:
@@ -300,8 +306,11 @@ def mhc_head(H: Array, params: Mapping[str, Array], *, eps: float = 0.0) -> Arra
     Shapes: H (..., n, d); phi (n*d, n), b (n), gate () -> x (..., d). Dtype: H's.
     """
     v.check_mhc_head(meta("H", H), params, _param_metas(params), eps)
+    kernel = pallas_op("mhc_head", H, params)
+    if kernel is not None:
+        return kernel(H, params, eps=eps)  # type: ignore[no-any-return]
     H, p = jnp.asarray(H), _arrays(params)
-    ct = compute_dtype(_promote(H, *p.values()))
+    ct = compute_dtype(promote(H, *p.values()))
     Hc = H.astype(ct)
     z = _rms_project(Hc, p["phi"].astype(ct))
     w = jax.nn.sigmoid(z * p["gate"].astype(ct) + p["b"].astype(ct)) + eps

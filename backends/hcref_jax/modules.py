@@ -10,71 +10,41 @@ Named dims: ``...`` any leading (token) axes, ``n`` streams, ``m`` fractions, ``
 
 Parameters are ``nnx.Param`` attributes named by the contract's keys (``A_m``, ``A_r``, ``B``,
 ``W_alpha``, ...), so ``nnx.state(module, nnx.Param)`` is hcref's checkpoint mapping, and start at
-``hcref.init_hc`` / ``hcref.init_fc``. The modules call the functional ops of :mod:`hcref_jax.ops`
+``hcref.init_hc`` / ``hcref.init_fc``. Everything framework-free (the parameter plan and its initial
+values, the option checks, the width/depth protocol, the module-level errors, the repr text) is
+the module's :class:`hcref.connections.Plan` (``hc_plan`` / ``fc_plan``), as for the mHC modules of
+:mod:`hcref_jax.mhc_modules`. The modules call the functional ops of :mod:`hcref_jax.ops`
 (same precision policy, D12: float32 coefficient math and mixing for bfloat16/float16 inputs; a
 float32 module on a bfloat16 stream gives float32 coefficients and keeps the stream bfloat16) and
 work under ``nnx.jit`` / ``nnx.grad`` and, split into a pure function, ``jax.jit`` / ``jax.grad``.
+On a TPU those ops run on the Pallas kernels (see :mod:`hcref_jax.ops`, "Pallas kernels").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-import hcref
+from hcref import connections, validation
+from hcref.connections import SiteState
 
 from . import ops
+from .mhc_modules import PlannedSite
 
 
-class SiteState(NamedTuple):
-    """What ``depth`` needs from ``width``: the mixed residual streams and the write weights."""
+class _Connection(PlannedSite):
+    """An HC or FC site on its plan: ``width`` / ``depth`` / ``__call__`` of
+    :class:`hcref_jax.mhc_modules.PlannedSite` with the ops of :mod:`hcref_jax.ops`."""
 
-    H_res: jax.Array
-    """(..., n, d) for HC, (..., m, e) for FC."""
-    beta: jax.Array
-    """(..., n) for HC, (..., m) for FC."""
-
-
-class _Connection(nnx.Module):
+    ops = ops
     family = ""
 
-    def __init__(
-        self,
-        init: dict[str, Any],
-        *,
-        norm: str,
-        use_tanh: bool,
-        use_norm: bool,
-        use_scale: bool,
-        param_dtype: Any,
-    ) -> None:
-        hcref.validation.check_options(norm, use_tanh, use_norm, use_scale)
-        self.norm, self.use_tanh, self.use_norm, self.use_scale = norm, use_tanh, use_norm, use_scale
-        self.param_keys = tuple(init)
-        for key, value in init.items():
-            setattr(self, key, nnx.Param(jnp.asarray(value, dtype=param_dtype)))
-
-    def params(self) -> dict[str, jax.Array]:
-        """The parameters as the contract's flat mapping (for the functional ops)."""
-        return {key: getattr(self, key)[...] for key in self.param_keys}
-
     def _options(self) -> dict[str, Any]:
-        return {"norm": self.norm, "use_tanh": self.use_tanh, "use_norm": self.use_norm, "use_scale": self.use_scale}
-
-    def width(self, H: jax.Array) -> tuple[jax.Array, SiteState]:
-        raise NotImplementedError
-
-    def depth(self, y: jax.Array, state: SiteState) -> jax.Array:
-        raise NotImplementedError
-
-    def __call__(self, H: jax.Array, branch: Callable[..., jax.Array], *args: Any, **kwargs: Any) -> jax.Array:
-        """One whole site: ``depth(branch(h0, *args, **kwargs), state)`` with ``h0, state = width(H)``."""
-        h0, state = self.width(H)
-        return self.depth(branch(h0, *args, **kwargs), state)
+        """The coefficient op's keyword options (``norm``, ``use_tanh``, ``use_norm``, ``use_scale``)."""
+        return self.plan.kwargs
 
 
 class HyperConnections(_Connection):
@@ -85,6 +55,8 @@ class HyperConnections(_Connection):
     ``layer_index`` counts attention and MLP sublayers separately, from 0. Parameters (``param_dtype``,
     default float32): ``A_m`` (n), ``A_r`` (n, n), ``B`` (n); dynamic adds ``W_alpha`` (d, n+1),
     ``W_beta`` (d), ``s_alpha`` (), ``s_beta`` (), ``norm_weight`` (d), ``norm_bias`` (d, layernorm).
+    Raises the reference's ValueError/TypeError for bad sizes or options, and a ValueError naming
+    this module and suggesting ``Expand(n)`` when H is not (..., n, d).
     """
 
     family = "hc"
@@ -102,19 +74,12 @@ class HyperConnections(_Connection):
         use_scale: bool = True,
         param_dtype: Any = jnp.float32,
     ) -> None:
-        init = hcref.init_hc(n, d, layer_index, dynamic=dynamic, norm=norm)
-        super().__init__(
-            init, norm=norm, use_tanh=use_tanh, use_norm=use_norm, use_scale=use_scale, param_dtype=param_dtype
+        plan = connections.hc_plan(
+            n, d, layer_index, dynamic=dynamic, norm=norm, use_tanh=use_tanh, use_norm=use_norm, use_scale=use_scale
         )
+        super().__init__(plan, param_dtype=param_dtype)
         self.n, self.d, self.layer_index, self.dynamic = n, d, layer_index, dynamic
-
-    def width(self, H: jax.Array) -> tuple[jax.Array, SiteState]:
-        alpha, beta = ops.hc_coeffs(H, self.params(), **self._options())
-        h0, H_res = ops.hc_width(H, alpha)
-        return h0, SiteState(H_res, beta)
-
-    def depth(self, y: jax.Array, state: SiteState) -> jax.Array:
-        return ops.hc_depth(y, state.H_res, state.beta)
+        self.norm, self.use_tanh, self.use_norm, self.use_scale = norm, use_tanh, use_norm, use_scale
 
 
 class FracConnections(_Connection):
@@ -123,7 +88,9 @@ class FracConnections(_Connection):
     ``width``: H (..., m, e) -> h0 (..., d), state (H_res (..., m, e), beta (..., m));
     ``depth``: y (..., d), state -> H_out (..., m, e); ``__call__(H, branch)`` does both around ``branch``.
     Parameters: ``Y`` (m, m), ``A`` (m, m), ``B`` (m); dynamic adds ``W_alpha`` (e, 2m), ``W_beta`` (e),
-    ``s_alpha`` (), ``s_beta`` (), ``norm_weight`` (e), ``norm_bias`` (e, layernorm).
+    ``s_alpha`` (), ``s_beta`` (), ``norm_weight`` (e), ``norm_bias`` (e, layernorm). Raises the
+    reference's errors for bad sizes or options, and a ValueError naming this module and suggesting
+    ``FracSplit(m)`` when H is not (..., m, e).
     """
 
     family = "fc"
@@ -140,26 +107,19 @@ class FracConnections(_Connection):
         use_scale: bool = True,
         param_dtype: Any = jnp.float32,
     ) -> None:
-        init = hcref.init_fc(m, d, dynamic=dynamic, norm=norm)
-        super().__init__(
-            init, norm=norm, use_tanh=use_tanh, use_norm=use_norm, use_scale=use_scale, param_dtype=param_dtype
+        plan = connections.fc_plan(
+            m, d, dynamic=dynamic, norm=norm, use_tanh=use_tanh, use_norm=use_norm, use_scale=use_scale
         )
+        super().__init__(plan, param_dtype=param_dtype)
         self.m, self.d, self.dynamic = m, d, dynamic
-
-    def width(self, H: jax.Array) -> tuple[jax.Array, SiteState]:
-        alpha, beta = ops.fc_coeffs(H, self.params(), **self._options())
-        h0, H_res = ops.fc_width(H, alpha)
-        return h0, SiteState(H_res, beta)
-
-    def depth(self, y: jax.Array, state: SiteState) -> jax.Array:
-        return ops.fc_depth(y, state.H_res, state.beta)
+        self.norm, self.use_tanh, self.use_norm, self.use_scale = norm, use_tanh, use_norm, use_scale
 
 
 class Expand(nnx.Module):
     """x (..., d) -> H (..., n, d): n copies of the embedding (:func:`hcref.expand`)."""
 
     def __init__(self, n: int) -> None:
-        hcref.validation.check_count("n", n)
+        validation.check_count("n", n)
         self.n = n
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -177,7 +137,7 @@ class FracSplit(nnx.Module):
     """x (..., d) -> H (..., m, e): contiguous fractions (:func:`hcref.frac_split`)."""
 
     def __init__(self, m: int) -> None:
-        hcref.validation.check_count("m", m)
+        validation.check_count("m", m)
         self.m = m
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -189,3 +149,6 @@ class FracMerge(nnx.Module):
 
     def __call__(self, H: jax.Array) -> jax.Array:
         return ops.frac_merge(H)
+
+
+__all__ = ["Expand", "FracConnections", "FracMerge", "FracSplit", "HyperConnections", "Reduce", "SiteState"]

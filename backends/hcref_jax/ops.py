@@ -41,6 +41,17 @@ activations up to about 1e35 / w), else ``r' (x' Wn)`` on ``x'`` (entries in ``[
 two are equal bit for bit where both are finite, so any finite input with finite weights gives
 finite coefficients and gradients.
 
+Pallas kernels (issue 15). On a TPU (``jax.default_backend() == "tpu"``) every HC/FC op runs on the
+Pallas kernels of :mod:`hcref_jax.pallas` for the inputs they take (:func:`hcref_jax.pallas.supported`:
+float32/bfloat16, at least one token, up to 16 streams, rows that fit VMEM; a static site's
+coefficients stay a broadcast) and on the XLA path below otherwise; so do the NNX modules, whose
+one-call ``module(H, branch)`` takes the fused site path (``hc_site_width`` / ``hc_site_depth``).
+The switch is :func:`hcref_jax.pallas.set_mode` / ``use_mode`` or the environment variable
+``HCREF_JAX_PALLAS``: ``"auto"`` (default, the above), ``"pallas"`` (the kernels wherever they take
+the input, in TPU interpret mode off a TPU: slow, for tests) or ``"xla"`` (never). The choice is
+made when an op is traced: a function jitted before the switch keeps its path. Validation (and so
+every error) comes first and is the same on both paths. :func:`pallas_op` makes the choice.
+
 Differentiation: the mixing (``*_width``), the write (``*_depth``) and the rmsnorm-folded projection
 of ``*_coeffs`` are ``jax.custom_vjp`` functions with hand-written VJPs (reverse mode, also nested,
 under jit and vmap; forward mode, ``jax.jvp`` / ``jax.jacfwd``, is not available for them). For
@@ -52,7 +63,8 @@ small for a matmul kernel.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from functools import partial
 from typing import Any
 
@@ -95,7 +107,8 @@ def compute_dtype(dtype: Any) -> Any:
     return jnp.dtype(jnp.float32) if dtype in _LOW else dtype
 
 
-def _promote(*arrays: Any) -> Any:
+def promote(*arrays: Any) -> Any:
+    """The promoted dtype of ``arrays`` (jax's rules: bfloat16 with float16 gives float32)."""
     return jnp.result_type(*(a.dtype for a in arrays))
 
 
@@ -117,6 +130,41 @@ def _row_scale(x: Array) -> Array:
     amax = jnp.clip(jnp.maximum(jnp.max(x, axis=-1, keepdims=True), -jnp.min(x, axis=-1, keepdims=True)), 1.0, cap)
     exponent = jax.lax.bitcast_convert_type(amax.astype(x.dtype), bits) & jnp.asarray(mask, bits)
     return jax.lax.bitcast_convert_type(exponent, x.dtype)
+
+
+# --- Pallas dispatch (module docstring) -------------------------------------------------------
+
+_IN_KERNEL_OP: ContextVar[bool] = ContextVar("hcref_jax_in_kernel_op", default=False)
+"""Set while a kernel op runs: any op it falls back to (hcref_jax.pallas calls these ops for inputs
+its kernels do not take) takes the XLA path, so the two never call each other in a loop."""
+
+
+def pallas_op(name: str, *args: Any) -> Callable[..., Any] | None:
+    """The Pallas kernel op ``hcref_jax.pallas.Forced.<name>`` when the mode asks for the kernels here
+    (``"auto"`` on a TPU, or ``"pallas"``) and :func:`hcref_jax.pallas.supported` takes ``args`` (the
+    op's positional inputs, already validated); ``None`` for the XLA path. Any name the kernel
+    package lists in ``hcref_jax.pallas.OPS`` and ``Forced`` provides is dispatched (the mHC ops
+    join when it adds them); a package that does not import (no Pallas in this jax) means XLA."""
+    if _IN_KERNEL_OP.get():
+        return None
+    try:
+        from . import pallas  # deferred: hcref_jax.pallas imports this module
+    except ImportError:  # pragma: no cover - a jax without Pallas
+        return None
+    kernel = getattr(pallas.Forced, name, None)
+    if kernel is None or name not in pallas.OPS or not pallas.mode.want_kernels():
+        return None
+    if not pallas.supported(name, *args):
+        return None
+
+    def run(*call_args: Any, **kwargs: Any) -> Any:
+        token = _IN_KERNEL_OP.set(True)
+        try:
+            return kernel(*call_args, **kwargs)
+        finally:
+            _IN_KERNEL_OP.reset(token)
+
+    return run
 
 
 # --- ends ---------------------------------------------------------------------------------
@@ -174,7 +222,7 @@ def _coeffs(
     Shapes: H (..., k, w), static_alpha (k, c), static_beta (k,) -> alpha (..., k, c), beta (..., k).
     The two projections run as one contraction against ``[W_alpha | W_beta]`` (w, c+1).
     """
-    out_dtype = _promote(H, *params.values())
+    out_dtype = promote(H, *params.values())
     ct = compute_dtype(out_dtype)
     lead = H.shape[:-2]
     if not dynamic:
@@ -187,7 +235,7 @@ def _coeffs(
         # rmsnorm(x) W = r' * (x' (diag(weight) W)), scale-safe (module docstring): the
         # normalised H is never materialised (one reduction pass and one matmul pass over H; on a
         # 2-core CPU this is 6x faster than normalising first, as in hcref_torch).
-        u = _rms_proj(x, params["norm_weight"].astype(ct)[:, None] * W)
+        u = _rms_proj(x, params["norm_weight"].astype(ct)[:, None] * W, RMSNORM_EPS)
     else:
         if use_norm and norm == "layernorm":
             s = _row_scale(x)
@@ -230,20 +278,23 @@ def _rows_dot(A: Array, B: Array) -> Array:
     return jnp.einsum("...iw,...jw->...ij", A, B, precision=_HIGHEST)
 
 
-@jax.custom_vjp
-def _rms_proj(x: Array, Wn: Array) -> Array:
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _rms_proj(x: Array, Wn: Array, eps: float) -> Array:
     """``rmsnorm(x) W = r' (x' Wn)``, ``Wn = diag(weight) W``, per row ``x' = x / s`` and
     ``r' = (mean(x'^2) + eps / s / s)^(-1/2)`` (module docstring; equal to ``r (x Wn)`` with
     ``r = r' / s = (mean(x^2) + eps)^(-1/2)``, the form computed while ``x Wn`` cannot overflow).
+    ``eps``: 1e-6 for HC/FC's rmsnorm (D1) and for mHC's RMS scaling of the flattened state (D9).
+    No floor is needed under ``r'``: for ``s = 1`` the sum holds ``eps``, for ``s > 1`` some
+    ``|x'_i| >= 1``, so ``mean(x'^2) >= 1/w``.
 
     Shapes: x (..., w), Wn (w, o) -> (..., o). Hand-written VJP (``_rms_proj_bwd``)."""
-    return _rms_proj_fwd(x, Wn)[0]
+    return _rms_proj_fwd(x, Wn, eps)[0]
 
 
-def _rms_proj_fwd(x: Array, Wn: Array) -> tuple[Array, tuple[Array, ...]]:
+def _rms_proj_fwd(x: Array, Wn: Array, eps: float) -> tuple[Array, tuple[Array, ...]]:
     s = _row_scale(x)
     inv_s = 1 / s  # an exact power of two
-    r = jax.lax.rsqrt(jnp.mean(jnp.square(x * inv_s), axis=-1, keepdims=True) + RMSNORM_EPS / s / s)
+    r = jax.lax.rsqrt(jnp.mean(jnp.square(x * inv_s), axis=-1, keepdims=True) + eps / s / s)
     # r' (x' Wn) and (r' / s) (x Wn) are equal bit for bit (power-of-two scalings are exact) unless
     # x Wn overflows. The second form lets XLA fuse x' into the reduction only (6x faster on CPU); it
     # is used when |x Wn| <= 2 max(s) max_j sum_i |Wn_ij| is safely finite, the first otherwise.
@@ -256,7 +307,7 @@ def _rms_proj_fwd(x: Array, Wn: Array) -> tuple[Array, tuple[Array, ...]]:
     return u, (x, Wn, r, inv_s, u)
 
 
-def _rms_proj_bwd(res: tuple[Array, ...], g: Array) -> tuple[Array, Array]:
+def _rms_proj_bwd(eps: float, res: tuple[Array, ...], g: Array) -> tuple[Array, Array]:
     # u = r p, p = x' Wn, dr/dx' = -r^3 x' / w:  g_x' = (r g) Wn^T - (r^2 / w) <g, u> x', g_x = g_x' / s,
     # g_Wn = x'^T (r g) = x^T (r g / s) summed over all rows (every intermediate of the order of g).
     # g_x is written as o outer-product terms so that it fuses with the other contributions to g_H
@@ -323,7 +374,7 @@ def _mix(H: Array, alpha: Array, split: int) -> tuple[Array, Array]:
     float32 through ``preferred_element_type``) and rounded once; the VJP accumulates in float32 too.
     """
     H, alpha = jnp.asarray(H), jnp.asarray(alpha)
-    common = _promote(H, alpha)
+    common = promote(H, alpha)
     first, rest = _mix2(H.astype(common), alpha.astype(common), split)
     return first.astype(H.dtype), rest.astype(H.dtype)
 
@@ -358,8 +409,8 @@ def _write(y: Array, H_res: Array, beta: Array) -> Array:
     Hand-written VJP (HC's ``g_beta`` as a matrix-vector ``dot_general``, not a reduction of a broadcast).
     The result has the promoted dtype of ``y`` and ``H_res`` (the state's; ``beta`` may be float32
     coefficients on a bfloat16 state)."""
-    out_dtype = _promote(y, H_res)
-    ct = compute_dtype(_promote(y, H_res, beta))
+    out_dtype = promote(y, H_res)
+    ct = compute_dtype(promote(y, H_res, beta))
     y, H_res, beta = (jnp.asarray(a).astype(ct) for a in (y, H_res, beta))
     return _write_ct(y, H_res, beta).astype(out_dtype)
 
@@ -398,6 +449,9 @@ def hc_coeffs(
     s_alpha (), s_beta (), norm_weight (d,), norm_bias (d,) -> alpha (..., n, n+1), beta (..., n).
     """
     dynamic = _coeff_check("hc", H, params, norm, use_tanh, use_norm, use_scale)
+    kernel = pallas_op("hc_coeffs", H, params)
+    if kernel is not None:
+        return kernel(H, params, norm=norm, use_tanh=use_tanh, use_norm=use_norm, use_scale=use_scale)  # type: ignore[no-any-return]
     params = _p(params)
     static_alpha = jnp.concatenate([params["A_m"][:, None], params["A_r"]], axis=-1)
     return _coeffs(
@@ -413,6 +467,9 @@ def hc_width(H: Array, alpha: Array) -> tuple[Array, Array]:
     Shapes: H (..., n, d), alpha (..., n, n+1) -> h0 (..., d), H_res (..., n, d).
     """
     v.check_width("hc", meta("H", H), meta("alpha", alpha))
+    kernel = pallas_op("hc_width", H, alpha)
+    if kernel is not None:
+        return kernel(H, alpha)  # type: ignore[no-any-return]
     h0, H_res = _mix(H, alpha, 1)
     return h0[..., 0, :], H_res
 
@@ -423,6 +480,9 @@ def hc_depth(y: Array, H_res: Array, beta: Array) -> Array:
     Shapes: y (..., d), H_res (..., n, d), beta (..., n) -> H_out (..., n, d).
     """
     v.check_depth("hc", meta("y", y), meta("H_res", H_res), meta("beta", beta))
+    kernel = pallas_op("hc_depth", y, H_res, beta)
+    if kernel is not None:
+        return kernel(y, H_res, beta)  # type: ignore[no-any-return]
     return _write(jnp.asarray(y)[..., None, :], H_res, beta)
 
 
@@ -448,6 +508,9 @@ def fc_coeffs(
     s_alpha (), s_beta (), norm_weight (e,), norm_bias (e,) -> alpha (..., m, 2m), beta (..., m).
     """
     dynamic = _coeff_check("fc", H, params, norm, use_tanh, use_norm, use_scale)
+    kernel = pallas_op("fc_coeffs", H, params)
+    if kernel is not None:
+        return kernel(H, params, norm=norm, use_tanh=use_tanh, use_norm=use_norm, use_scale=use_scale)  # type: ignore[no-any-return]
     params = _p(params)
     static_alpha = jnp.concatenate([params["Y"], params["A"]], axis=-1)
     return _coeffs(
@@ -463,6 +526,9 @@ def fc_width(H: Array, alpha: Array) -> tuple[Array, Array]:
     Shapes: H (..., m, e), alpha (..., m, 2m) -> h0 (..., d = m*e), H_res (..., m, e).
     """
     m, e = v.check_width("fc", meta("H", H), meta("alpha", alpha))
+    kernel = pallas_op("fc_width", H, alpha)
+    if kernel is not None:
+        return kernel(H, alpha)  # type: ignore[no-any-return]
     first, H_res = _mix(H, alpha, m)
     return first.reshape(*H.shape[:-2], m * e), H_res
 
@@ -473,6 +539,9 @@ def fc_depth(y: Array, H_res: Array, beta: Array) -> Array:
     Shapes: y (..., d = m*e), H_res (..., m, e), beta (..., m) -> H_out (..., m, e).
     """
     v.check_depth("fc", meta("y", y), meta("H_res", H_res), meta("beta", beta))
+    kernel = pallas_op("fc_depth", y, H_res, beta)
+    if kernel is not None:
+        return kernel(y, H_res, beta)  # type: ignore[no-any-return]
     return _write(jnp.asarray(y).reshape(H_res.shape), H_res, beta)
 
 
@@ -489,5 +558,7 @@ __all__ = [
     "hc_depth",
     "hc_width",
     "meta",
+    "pallas_op",
+    "promote",
     "reduce",
 ]

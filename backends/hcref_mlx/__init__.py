@@ -1,7 +1,8 @@
-"""hcref_mlx: Hyper-Connections and Frac-Connections for MLX.
+"""hcref_mlx: Hyper-Connections, Frac-Connections and mHC for MLX.
 
-Functional ops with the reference's names, shapes and errors (:mod:`hcref_mlx.ops`), ``mlx.nn``
-modules (:mod:`hcref_mlx.modules`) and the conformance backend object ``backend``. This package is
+Functional ops with the reference's names, shapes and errors (HC/FC: :mod:`hcref_mlx.ops`; mHC:
+:mod:`hcref_mlx.mhc`), ``mlx.nn`` modules (:mod:`hcref_mlx.modules`, :mod:`hcref_mlx.mhc_modules`)
+and the conformance backend object ``backend`` (every op of :data:`hcref.optable.ALL_OPS`). This package is
 the only place hcref imports ``mlx``. float64 runs on MLX's CPU stream (MLX has no float64 on the GPU).
 """
 
@@ -18,6 +19,8 @@ except ImportError as _exc:
     ) from None
 
 from ._backend import MLXBackend
+from .mhc import mhc_coeffs, mhc_head, mhc_post, mhc_pre, sinkhorn
+from .mhc_modules import ManifoldHyperConnections, MHCHead
 from .modules import Expand, FracConnections, FracMerge, FracSplit, HyperConnections, Reduce, SiteState
 from .ops import (
     expand,
@@ -41,7 +44,9 @@ __all__ = [
     "FracMerge",
     "FracSplit",
     "HyperConnections",
+    "MHCHead",
     "MLXBackend",
+    "ManifoldHyperConnections",
     "Reduce",
     "SiteState",
     "backend",
@@ -54,5 +59,10 @@ __all__ = [
     "hc_coeffs",
     "hc_depth",
     "hc_width",
+    "mhc_coeffs",
+    "mhc_head",
+    "mhc_post",
+    "mhc_pre",
     "reduce",
+    "sinkhorn",
 ]

@@ -1,4 +1,5 @@
-"""``MLXBackend``: the ops of :mod:`hcref_mlx.ops` behind :class:`hcref.interface.Backend`."""
+"""``MLXBackend``: the ops of :mod:`hcref_mlx.ops` and :mod:`hcref_mlx.mhc` (every op of
+:data:`hcref.optable.ALL_OPS`) behind :class:`hcref.interface.Backend`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 import hcref
 
-from . import ops
+from . import mhc, ops
 
 _DTYPES = {
     "float64": mx.float64,
@@ -53,6 +54,11 @@ class MLXBackend:
     fc_coeffs = staticmethod(ops.fc_coeffs)
     fc_width = staticmethod(ops.fc_width)
     fc_depth = staticmethod(ops.fc_depth)
+    sinkhorn = staticmethod(mhc.sinkhorn)
+    mhc_coeffs = staticmethod(mhc.mhc_coeffs)
+    mhc_pre = staticmethod(mhc.mhc_pre)
+    mhc_post = staticmethod(mhc.mhc_post)
+    mhc_head = staticmethod(mhc.mhc_head)
 
     def capabilities(self) -> list[tuple[str, str]]:
         pairs = [("cpu", dtype) for dtype in _DTYPES]

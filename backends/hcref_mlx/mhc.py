@@ -12,8 +12,13 @@ Sinkhorn all run in float32) and rounds its results once: ``sinkhorn`` to Z's dt
 coefficients of ``mhc_coeffs`` to the promoted dtype of H and the parameters (float32
 coefficients for float32 parameters on a bfloat16 state), ``mhc_pre`` and ``mhc_head`` to H's
 dtype, ``mhc_post`` to ``promote(y, H)``. The RMS scaling of the flattened state is the
-reference's, scale-safe: ``v' = (v/s) (mean((v/s)^2) + 1e-6/s/s)^(-1/2)``, ``z = v' phi``, with
-``s`` the power-of-two row scale of :func:`hcref.norms.row_scale` (read from the exponent bits).
+reference's, scale-safe as the backend's norms (D12, :mod:`hcref_mlx.ops`):
+``v' = v / s``, ``z = (v' (mean(v'^2) + 1e-6/s/s)^(-1/2)) phi`` with ``v = vec(H)`` and the
+power-of-two row scale ``s = 2^floor(log2(max(max|v|, 1)))`` read from the exponent bits and
+capped at 2^126 (float32) / 2^1022 (float64) so that ``1/s`` is a normal number (flush-to-zero
+cannot touch it); ``v'`` lies in [-4, 4), so nothing overflows and results are finite, forward and
+VJP, for any finite H (1e-30 to 3e38 in float32). No floor is needed under the root: for ``s = 1``
+the sum holds the epsilon, for ``s > 1`` some ``|v'_i| >= 1``.
 
 float64. MLX's CPU ``exp`` (and so ``sigmoid`` and ``logsumexp``) is accurate to only about
 1.7e-6 relative in float64 (it is computed at float32 accuracy), which alone puts every mHC op
@@ -42,7 +47,6 @@ through them and every input and parameter gets an exact zero gradient, the sum 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
 from functools import cache
 from typing import Any, cast
 
@@ -52,46 +56,9 @@ from hcref import validation as v
 from hcref.mhc import RMS_EPS
 from hcref.sinkhorn_knopp import ITERS
 
-from .ops import meta
+from .ops import _compute_dtype, _no_tokens, _param_metas, _promote, _row_scale, _stream, meta
 
 Array = mx.array
-
-_LOW = (mx.bfloat16, mx.float16)
-
-
-def _promote(*arrays: Array) -> mx.Dtype:
-    """NumPy/torch-style promotion of floating dtypes (bfloat16 with float16 gives float32)."""
-    dtypes = {a.dtype for a in arrays}
-    if len(dtypes) == 1:
-        return arrays[0].dtype
-    for wide in (mx.float64, mx.float32):
-        if wide in dtypes:
-            return wide
-    return mx.float32
-
-
-def _compute_dtype(dtype: mx.Dtype) -> mx.Dtype:
-    """D12: float32 for half dtypes, the dtype itself otherwise."""
-    return mx.float32 if dtype in _LOW else dtype
-
-
-def _stream(dtype: mx.Dtype) -> AbstractContextManager[Any]:
-    """The CPU stream for float64 (MLX has no float64 on the GPU); the default stream otherwise."""
-    if dtype == mx.float64 and mx.default_device().type != mx.cpu:
-        return mx.stream(mx.cpu)
-    return nullcontext()
-
-
-def _param_metas(params: Any) -> dict[str, v.ArrayMeta]:
-    if not isinstance(params, Mapping):
-        return {}
-    return {key: meta(f"params[{key!r}]", value) for key, value in params.items()}
-
-
-def _no_tokens(shape: tuple[int, ...]) -> bool:
-    """Whether leading (token) axes hold no element (module docstring, empty token sets)."""
-    return 0 in shape
-
 
 # --- float64-accurate exp and sigmoid ----------------------------------------------------------------
 
@@ -278,20 +245,6 @@ def sinkhorn(Z: Array, *, iters: int = ITERS, eps: float = 0.0) -> Array:
 
 # --- coefficients -------------------------------------------------------------------------------
 
-_EXPONENT_BITS = {mx.float32: (mx.int32, 0x7F800000), mx.float64: (mx.int64, 0x7FF0000000000000)}
-"""The integer view and exponent mask of each compute dtype (an IEEE number with its mantissa bits
-cleared is the largest power of two not above it)."""
-
-
-def _row_scale(x: Array) -> Array:
-    """``s = 2^floor(log2(max(max|x|, 1)))`` over the last axis (keepdims), exact, no gradient
-    (:func:`hcref.norms.row_scale`)."""
-    x = mx.stop_gradient(x)
-    amax = mx.maximum(mx.max(mx.abs(x), axis=-1, keepdims=True), 1.0).astype(x.dtype)
-    bits, mask = _EXPONENT_BITS[x.dtype]
-    return mx.view(mx.view(amax, bits) & mx.array(mask, dtype=bits), x.dtype)
-
-
 def _rms_project(H: Array, phi: Array) -> Array:
     """``z = rms(vec(H)) phi`` with the reference's scale-safe RMS scaling (module docstring).
 
@@ -299,7 +252,7 @@ def _rms_project(H: Array, phi: Array) -> Array:
     """
     vec = H.reshape(*H.shape[:-2], H.shape[-2] * H.shape[-1])
     s = _row_scale(vec)
-    xs = vec / s
+    xs = vec * (1 / s)  # exact: 1/s is a power of two, a normal number
     r = mx.rsqrt(mx.mean(xs * xs, axis=-1, keepdims=True) + RMS_EPS / s / s)
     return (xs * r) @ phi
 

@@ -10,7 +10,10 @@ Named dims: ``...`` any leading (token) axes, ``n`` streams, ``m`` fractions, ``
 
 Parameters are the module's array attributes under the contract's keys (``A_m``, ``A_r``, ``B``,
 ``W_alpha``, ...), so ``module.parameters()`` is hcref's checkpoint mapping, and start at
-``hcref.init_hc`` / ``hcref.init_fc``. The modules hold no other arrays, so ``mx.compile`` with
+``hcref.init_hc`` / ``hcref.init_fc``. Everything framework-free (the parameter plan and its initial
+values, the option checks, the width/depth protocol, the module-level errors, the repr text) is the
+module's :class:`hcref.connections.Plan` (``hc_plan`` / ``fc_plan``), as for the mHC modules of
+:mod:`hcref_mlx.mhc_modules`. The modules hold no other arrays, so ``mx.compile`` with
 ``inputs=model.state`` and ``nn.value_and_grad`` work as for any ``mlx.nn`` layer. Precision (D12):
 a float32 module on a bfloat16/float16 stream computes float32 coefficients and keeps the stream
 (``h0``, ``H_out``) in the stream's dtype.
@@ -18,78 +21,22 @@ a float32 module on a bfloat16/float16 stream computes float32 coefficients and 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
-
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 
-import hcref
+from hcref import connections, validation
+from hcref.connections import SiteState
 
 from . import ops
+from .mhc_modules import PlannedSite
 
 
-class SiteState(NamedTuple):
-    """What ``depth`` needs from ``width``: the mixed residual streams and the write weights."""
+class _Connection(PlannedSite):
+    """An HC or FC site on its plan: ``width`` / ``depth`` / ``__call__`` of
+    :class:`hcref_mlx.mhc_modules.PlannedSite` with the ops of :mod:`hcref_mlx.ops`."""
 
-    H_res: mx.array
-    """(..., n, d) for HC, (..., m, e) for FC."""
-    beta: mx.array
-    """(..., n) for HC, (..., m) for FC."""
-
-
-class _Connection(nn.Module):
+    ops = ops
     family = ""
-
-    def __init__(
-        self,
-        init: dict[str, np.ndarray],
-        *,
-        dynamic: bool,
-        norm: str,
-        use_tanh: bool,
-        use_norm: bool,
-        use_scale: bool,
-        dtype: mx.Dtype,
-    ) -> None:
-        super().__init__()
-        hcref.validation.check_options(norm, use_tanh, use_norm, use_scale)
-        self.norm, self.use_tanh, self.use_norm, self.use_scale = norm, use_tanh, use_norm, use_scale
-        self.dynamic = dynamic
-        for key, value in init.items():
-            if dtype == mx.float64:
-                setattr(self, key, mx.array(value, dtype=mx.float64))
-            else:
-                setattr(self, key, mx.array(value.astype(np.float32)).astype(dtype))
-
-    def param_keys(self) -> tuple[str, ...]:
-        """The contract's keys of this site's parameters, in the order of ``hcref.init_*``."""
-        return hcref.validation.param_keys(self.family, dynamic=self.dynamic, norm=self.norm)
-
-    def params(self) -> dict[str, mx.array]:
-        """The parameters as the contract's flat mapping (for the functional ops)."""
-        return {key: self[key] for key in self.param_keys()}
-
-    def _options(self) -> dict[str, Any]:
-        return {"norm": self.norm, "use_tanh": self.use_tanh, "use_norm": self.use_norm, "use_scale": self.use_scale}
-
-    def width(self, H: mx.array) -> tuple[mx.array, SiteState]:
-        raise NotImplementedError
-
-    def depth(self, y: mx.array, state: SiteState) -> mx.array:
-        raise NotImplementedError
-
-    def __call__(self, H: mx.array, branch: Callable[..., mx.array], *args: Any, **kwargs: Any) -> mx.array:
-        """One whole site: ``depth(branch(h0, *args, **kwargs), state)`` with ``h0, state = width(H)``."""
-        h0, state = self.width(H)
-        return self.depth(branch(h0, *args, **kwargs), state)
-
-    def _extra_repr(self) -> str:
-        return (
-            f"dynamic={self.dynamic}, norm={self.norm!r}, use_tanh={self.use_tanh}, "
-            f"use_norm={self.use_norm}, use_scale={self.use_scale}"
-        )
 
 
 class HyperConnections(_Connection):
@@ -100,7 +47,9 @@ class HyperConnections(_Connection):
     ``depth``: y (..., d), state -> ``H_out = beta^T y^T + H_res`` (..., n, d);
     ``__call__(H, branch)`` does both around ``branch``.
     ``layer_index`` counts attention and MLP sublayers separately, from 0 (``A_m = e_(k mod n)``).
-    Parameters are float32 unless ``dtype`` says otherwise.
+    Parameters are float32 unless ``dtype`` says otherwise. Raises the reference's
+    ValueError/TypeError for bad sizes or options, and a ValueError naming this module and
+    suggesting ``Expand(n)`` when H is not (..., n, d).
     """
 
     family = "hc"
@@ -118,22 +67,12 @@ class HyperConnections(_Connection):
         use_scale: bool = True,
         dtype: mx.Dtype = mx.float32,
     ) -> None:
-        init = hcref.init_hc(n, d, layer_index, dynamic=dynamic, norm=norm)
-        super().__init__(
-            init, dynamic=dynamic, norm=norm, use_tanh=use_tanh, use_norm=use_norm, use_scale=use_scale, dtype=dtype
+        plan = connections.hc_plan(
+            n, d, layer_index, dynamic=dynamic, norm=norm, use_tanh=use_tanh, use_norm=use_norm, use_scale=use_scale
         )
-        self.n, self.d, self.layer_index = n, d, layer_index
-
-    def width(self, H: mx.array) -> tuple[mx.array, SiteState]:
-        alpha, beta = ops.hc_coeffs(H, self.params(), **self._options())
-        h0, H_res = ops.hc_width(H, alpha)
-        return h0, SiteState(H_res, beta)
-
-    def depth(self, y: mx.array, state: SiteState) -> mx.array:
-        return ops.hc_depth(y, state.H_res, state.beta)
-
-    def _extra_repr(self) -> str:
-        return f"n={self.n}, d={self.d}, layer_index={self.layer_index}, " + super()._extra_repr()
+        super().__init__(plan, dtype=dtype)
+        self.n, self.d, self.layer_index, self.dynamic = n, d, layer_index, dynamic
+        self.norm, self.use_tanh, self.use_norm, self.use_scale = norm, use_tanh, use_norm, use_scale
 
 
 class FracConnections(_Connection):
@@ -142,7 +81,9 @@ class FracConnections(_Connection):
     ``width``: H (..., m, e) -> h0 (..., d), state (H_res (..., m, e), beta (..., m)) with
     ``alpha, beta = fc_coeffs(H)``, ``h0 = concat_k (Y^T H)[k]``, ``H_res = A^T H``;
     ``depth``: y (..., d), state -> ``H_out[j] = beta[j] y_j + H_res[j]`` (..., m, e);
-    ``__call__(H, branch)`` does both around ``branch``. Parameters are float32 unless ``dtype`` says otherwise.
+    ``__call__(H, branch)`` does both around ``branch``. Parameters are float32 unless ``dtype`` says
+    otherwise. Raises the reference's errors for bad sizes or options, and a ValueError naming this
+    module and suggesting ``FracSplit(m)`` when H is not (..., m, e).
     """
 
     family = "fc"
@@ -159,22 +100,12 @@ class FracConnections(_Connection):
         use_scale: bool = True,
         dtype: mx.Dtype = mx.float32,
     ) -> None:
-        init = hcref.init_fc(m, d, dynamic=dynamic, norm=norm)
-        super().__init__(
-            init, dynamic=dynamic, norm=norm, use_tanh=use_tanh, use_norm=use_norm, use_scale=use_scale, dtype=dtype
+        plan = connections.fc_plan(
+            m, d, dynamic=dynamic, norm=norm, use_tanh=use_tanh, use_norm=use_norm, use_scale=use_scale
         )
-        self.m, self.d = m, d
-
-    def width(self, H: mx.array) -> tuple[mx.array, SiteState]:
-        alpha, beta = ops.fc_coeffs(H, self.params(), **self._options())
-        h0, H_res = ops.fc_width(H, alpha)
-        return h0, SiteState(H_res, beta)
-
-    def depth(self, y: mx.array, state: SiteState) -> mx.array:
-        return ops.fc_depth(y, state.H_res, state.beta)
-
-    def _extra_repr(self) -> str:
-        return f"m={self.m}, d={self.d}, " + super()._extra_repr()
+        super().__init__(plan, dtype=dtype)
+        self.m, self.d, self.dynamic = m, d, dynamic
+        self.norm, self.use_tanh, self.use_norm, self.use_scale = norm, use_tanh, use_norm, use_scale
 
 
 class Expand(nn.Module):
@@ -182,7 +113,7 @@ class Expand(nn.Module):
 
     def __init__(self, n: int) -> None:
         super().__init__()
-        hcref.validation.check_count("n", n)
+        validation.check_count("n", n)
         self.n = n
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -204,7 +135,7 @@ class FracSplit(nn.Module):
 
     def __init__(self, m: int) -> None:
         super().__init__()
-        hcref.validation.check_count("m", m)
+        validation.check_count("m", m)
         self.m = m
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -219,3 +150,6 @@ class FracMerge(nn.Module):
 
     def __call__(self, H: mx.array) -> mx.array:
         return ops.frac_merge(H)
+
+
+__all__ = ["Expand", "FracConnections", "FracMerge", "FracSplit", "HyperConnections", "Reduce", "SiteState"]
