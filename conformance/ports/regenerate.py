@@ -186,7 +186,7 @@ def render(results: list[tuple[Port, dict[str, Any] | None]], dtypes: str, profi
                 if key not in seen:
                     seen.add(key)
                     size = f" {f['magnitude']}" if f["magnitude"] != "-" else ""
-                    lines.append(f"- {f['op']} {f['dtype']} [{f['reason']}]{size} {f['label']}: `{f['case']}`")
+                    lines.append(f"- {f['op']} {f['dtype']} [{f['reason']}]{size} `{f['label']}`: `{f['case']}`")
     lines += ["", "## mHC packages on PyPI without an adapter", ""]
     lines += [f"- `{name}` {version}: {why}" for name, version, why in NOT_INSTALLABLE]
     return "\n".join(lines) + "\n"
