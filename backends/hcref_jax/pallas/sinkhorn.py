@@ -39,6 +39,13 @@ import jax.numpy as jnp
 
 from ._common import column
 
+
+def _i32(value: int) -> Any:
+    """A loop bound as an int32 array: with ``jax_enable_x64`` a Python int makes ``fori_loop``'s
+    index int64, which Mosaic rejects when it meets the int32 scratch indexing (``arith.addi`` on
+    i32 and i64)."""
+    return jnp.int32(value)
+
 Array = jax.Array
 Rows = list[Array]
 
@@ -120,7 +127,7 @@ def forward(Z: Rows, iters: int, eps: float) -> Rows:
         def body(_: Any, rc: tuple[Array, Array]) -> tuple[Array, Array]:
             return _log_step(Z, rc[0])
 
-        r, c = jax.lax.fori_loop(0, iters, body, (zero, zero))
+        r, c = jax.lax.fori_loop(jnp.int32(0), _i32(iters), body, (zero, zero))
         P = _scaled(Z, r, c)
         return [P_i / jnp.sum(P_i, axis=-1, keepdims=True) for P_i in P]
     P = [S_i + eps for S_i in _softmax_over_rows(Z)]
@@ -129,7 +136,7 @@ def forward(Z: Rows, iters: int, eps: float) -> Rows:
     def v4_body(_: Any, rows: tuple[Array, ...]) -> tuple[Array, ...]:
         return tuple(_v4_step(list(rows), eps)[0])
 
-    return list(jax.lax.fori_loop(0, iters - 1, v4_body, tuple(P)))
+    return list(jax.lax.fori_loop(jnp.int32(0), _i32(iters - 1), v4_body, tuple(P)))
 
 
 def backward(Z: Rows, g_P: Rows, iters: int, eps: float, r_ref: Any, c_ref: Any) -> Rows:
@@ -147,7 +154,7 @@ def backward(Z: Rows, g_P: Rows, iters: int, eps: float, r_ref: Any, c_ref: Any)
             c_ref[t] = c
             return r
 
-        jax.lax.fori_loop(0, iters, store, zero)
+        jax.lax.fori_loop(jnp.int32(0), _i32(iters), store, zero)
         g = [g_i * M_i for g_i, M_i in zip(g_P, _scaled(Z, r_ref[iters], c_ref[iters - 1]))]
 
         def back(k: Any, g: tuple[Array, ...]) -> tuple[Array, ...]:
@@ -159,7 +166,7 @@ def backward(Z: Rows, g_P: Rows, iters: int, eps: float, r_ref: Any, c_ref: Any)
             col = _sum_list(rows)
             return tuple(g_i - Q_i * col for g_i, Q_i in zip(rows, Q))
 
-        return list(jax.lax.fori_loop(0, iters, back, tuple(g)))
+        return list(jax.lax.fori_loop(jnp.int32(0), _i32(iters), back, tuple(g)))
 
     P = [S_i + eps for S_i in _softmax_over_rows(Z)]
     r = _row_divisors(P, eps)
@@ -172,7 +179,7 @@ def backward(Z: Rows, g_P: Rows, iters: int, eps: float, r_ref: Any, c_ref: Any)
         r_ref[t + 1] = r
         return tuple(P)
 
-    P = list(jax.lax.fori_loop(0, iters - 1, v4_store, tuple(P)))
+    P = list(jax.lax.fori_loop(jnp.int32(0), _i32(iters - 1), v4_store, tuple(P)))
 
     def row_back(P: Rows, g: Rows, r: Array) -> tuple[Rows, Rows]:
         Q = [P_i * column(r, i) for i, P_i in enumerate(P)]
@@ -187,7 +194,7 @@ def backward(Z: Rows, g_P: Rows, iters: int, eps: float, r_ref: Any, c_ref: Any)
         col = _sum_list([g_i * Q_i for g_i, Q_i in zip(g, Q)])
         return tuple(Q_i * c for Q_i in Q), tuple((g_i - col) / c for g_i in g)
 
-    P_t, g_t = jax.lax.fori_loop(0, iters - 1, v4_back, (tuple(P), tuple(g_P)))
+    P_t, g_t = jax.lax.fori_loop(jnp.int32(0), _i32(iters - 1), v4_back, (tuple(P), tuple(g_P)))
     _, g = row_back(list(P_t), list(g_t), r_ref[0])
     S = _softmax_over_rows(Z)
     col = _sum_list([g_i * S_i for g_i, S_i in zip(g, S)])
