@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -142,3 +143,29 @@ def test_public_implementations_page_is_current() -> None:
     assert "**departs**" in line and "[[1.017882], [0.982118]]" in line
     for library in ("PyPI `mhc-mlx`", "PyPI `mlx-mhc`", "PyPI `mhc`", "`mhc-pytorch`"):
         assert library in page, library
+
+
+def _regenerate() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("regenerate", ROOT / "conformance" / "ports" / "regenerate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["regenerate"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_regenerate_refuses_to_lose_verdicts(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown --only name is an error naming the known adapters; rewriting the committed page
+    with a port not run (not selected, or not installed) is refused, and the page is left as it is."""
+    regenerate = _regenerate()
+    with pytest.raises(SystemExit) as exit_info:
+        regenerate.main(["--only", "nonsense"])
+    assert exit_info.value.code == 2
+    assert "lucidrains_hyper_connections.py:port" in capsys.readouterr().err
+    page = ROOT / "docs" / "conformance-of-public-implementations.md"
+    before = page.read_text()
+    assert regenerate.main(["--only", "lucidrains_hyper_connections.py:port"]) == 2
+    assert "their verdicts would be lost" in capsys.readouterr().err
+    assert page.read_text() == before

@@ -123,6 +123,14 @@ def test_plugin_reads_environment_twins(tmp_path: Path) -> None:
     assert (tmp_path / "r.md").exists()
 
 
+def test_only_unsupported_dtypes_is_a_usage_error() -> None:
+    """Asking only for dtypes the port lacks would check nothing: an error (exit 4), not a pass."""
+    done = subprocess.run([sys.executable, "-m", "hcref_conformance", "--backend", "hcref_numpy", "--dtypes",
+                           "bfloat16", "-q"], capture_output=True, text=True, check=False, timeout=600)
+    assert done.returncode == 4, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "nothing would be checked" in done.stdout + done.stderr
+
+
 def test_skip_patterns_and_unsupported_dtype(tmp_path: Path) -> None:
     skips = tmp_path / "skips.txt"
     skips.write_text("# known problems, by op, check and dtype\n"

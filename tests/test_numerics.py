@@ -476,8 +476,8 @@ def _mhc_inputs(name: str, lead: tuple[int, ...], rng: np.random.Generator) -> t
 
 @pytest.mark.parametrize("name", list(MHC_OPS))
 def test_reference_mhc_ops_on_empty_token_sets_and_extreme_scales(name: str) -> None:
-    """The reference's mHC ops (the numpy backend binds them; the other backends do not have them
-    yet): leading axes (0,) and (2, 0, 3) give empty results and exactly zero parameter gradients;
+    """The reference's mHC ops (the backends' have their own such tests in tests/test_*_mhc.py):
+    leading axes (0,) and (2, 0, 3) give empty results and exactly zero parameter gradients;
     states (H, y) of 1e20 in float32 give finite results and gradients, and the coefficient ops
     equal the float64 values at scale 1 (their RMS scaling is scale-invariant)."""
     spec = MHC_OPS[name]

@@ -154,6 +154,9 @@ def resolve(config: pytest.Config) -> State:
     if not supported:
         raise pytest.UsageError(f"--device: backend {spec} supports no dtype on device {device!r} "
                                 f"(capabilities: {list(backend.capabilities())})")
+    if not mixed and not any(d in supported for d in wanted):
+        raise pytest.UsageError(f"--dtypes: backend {spec} supports none of {wanted} on device {device!r}, so "
+                                f"nothing would be checked; it supports {supported}")
     profile = values["--profile"] or DEFAULT_PROFILE
     if profile not in PROFILES:
         raise pytest.UsageError(f"--profile: expected one of {sorted(PROFILES)}, got {profile!r}")

@@ -287,7 +287,7 @@ def _init_read(family: str) -> Callable[[Subject, str], Verdict]:
         spec_params = run.fam.init(k, w, 0, dynamic=dynamic, norm=norm)
         _, T_ref = run.sublayers("identity", {}, record=True)
         site_forward(ReferenceOps(), run.fam, H, spec_params, T_ref, _opts(subject, family, norm))
-        who = "the port's own init" if family in subject.support.initialisers else "D2's init"
+        who = _init_source(subject, family)
         text = f"x = [1, 2], {run.fam.rows}=2, {run.fam.begin}(x, 2), one site at {who} (layer 0)"
         return _verdict(text, dtype, lambda: _compare(T.inputs[-1], T_ref.inputs[-1], dtype,
                                                        "the sublayer's input h0 (should be x)"))
@@ -307,7 +307,7 @@ def _init_residual(family: str) -> Callable[[Subject, str], Verdict]:
         _, T_ref = run.sublayers("zero", {})
         ref, _ = site_forward(ReferenceOps(), run.fam, H, run.fam.init(k, w, 0, dynamic=dynamic, norm=norm),
                               T_ref, _opts(subject, family, norm))
-        who = "the port's own init" if family in subject.support.initialisers else "D2's init"
+        who = _init_source(subject, family)
         text = f"{run.fam.rows}=3, {run.fam.cols}={w}, one token, H = {_fmt(H)}, branch output 0, at {who}"
         return _verdict(text, dtype, lambda: _compare(got, np.asarray(ref), dtype, "H_out (should be H)"))
     return check
@@ -331,7 +331,7 @@ def _init_prenorm(family: str) -> Callable[[Subject, str], Verdict]:
             case = Case(op="mhc_prenorm", k=k, w=w, dynamic="dynamic" in subject.support.modes, **opts)
             T_ref = prenorm_sublayers(case, [T_ref])[0]
         ref = residual_stack(run.numpy(run.native(x)), [T_ref])
-        who = "the port's own init" if family in subject.support.initialisers else "D2's init"
+        who = _init_source(subject, family)
         what = "reduce(out) / n" if run.fam.streams else "frac_merge(out)"
         text = f"x = [1, -2, 3, 0.5], {run.fam.rows}=2, one site at {who}, MLP sublayer (seed 0)"
         stack = "x + T(c x), c = sum(h_pre) at D10's init" if family == "mhc" else "x + T(x)"
@@ -556,6 +556,13 @@ def _mhc_write(subject: Subject, dtype: str) -> Verdict:
     return _verdict(text, dtype, lambda: _compare(got, ref, dtype, "H_out"))
 
 
+def _init_source(subject: Subject, family: str) -> str:
+    """Whose initial parameters a property used: the port's own, or the decision's (D10 for mHC)."""
+    if family in subject.support.initialisers:
+        return "the port's own init"
+    return "D10's init" if family == "mhc" else "D2's init"
+
+
 def _mhc_dynamic_site(subject: Subject, dtype: str, H: np.ndarray, seed: int, kind: str = "identity"
                       ) -> tuple[np.ndarray, np.ndarray, sub.Sublayer, sub.Sublayer]:
     run = _Run(subject, "mhc", dtype)
@@ -565,7 +572,10 @@ def _mhc_dynamic_site(subject: Subject, dtype: str, H: np.ndarray, seed: int, ki
     rng = np.random.default_rng(seed)
     p = run.fam.init(n, d, 0, dynamic=True, norm="layernorm")
     p["phi"] = rng.standard_normal(p["phi"].shape)
-    p["gates"] = np.ones(3)
+    # the residual gate 0 keeps h_res = Sinkhorn(exp(I)) (b_res = I at init), which either
+    # Sinkhorn order gives exactly: these properties test the RMS and the projection, and a
+    # port's Sinkhorn order is reported once, by mhc-sinkhorn-order
+    p["gates"] = np.array([1.0, 1.0, 0.0])
     return run.site(H, p, kind, {}, _mhc_options(subject))
 
 
@@ -573,7 +583,7 @@ def _mhc_flattened(subject: Subject, dtype: str) -> Verdict:
     H = np.array([[1.0, 2.0], [30.0, -40.0]])
     got, ref, T, T_ref = _mhc_dynamic_site(subject, dtype, H, 8)
     text = ("n=2, d=2, one token, H = [[1, 2], [30, -40]] (streams of different size), random phi (seed 8), "
-            "gates 1, identity sublayer: one RMS scaling of all n*d values, then phi (n*d, 2n+n^2)")
+            "gates (1, 1, 0), identity sublayer: one RMS scaling of all n*d values, then phi (n*d, 2n+n^2)")
     return _verdict(text, dtype, lambda: max(_compare(T.inputs[-1], T_ref.inputs[-1], dtype, "h0"),
                                              _compare(got, ref, dtype, "H_out")))
 
@@ -582,14 +592,14 @@ def _mhc_rms_eps(subject: Subject, dtype: str) -> Verdict:
     H = np.array([[1e-3, -1e-3], [2e-3, 5e-4]])
     got, ref, T, T_ref = _mhc_dynamic_site(subject, dtype, H, 3)
     text = (f"n=2, d=2, one token, H ~ 1e-3 ({_fmt(H)}: mean(v^2) = 1.6e-6, near the epsilon), random phi "
-            "(seed 3), gates 1")
+            "(seed 3), gates (1, 1, 0)")
     return _verdict(text, dtype, lambda: max(_compare(T.inputs[-1], T_ref.inputs[-1], dtype, "h0"),
                                              _compare(got, ref, dtype, "H_out")))
 
 
 def _mhc_scale_safe(subject: Subject, dtype: str) -> Verdict:
     base = np.array([[1.0, -2.0, 3.0, 0.5], [0.25, 1.0, -1.0, 2.0]])
-    text = f"n=2, d=4, one token, H = c * {_fmt(base)} for c in 1e20, 1e15, 1e-30, random phi (seed 3), gates 1"
+    text = f"n=2, d=4, one token, H = c * {_fmt(base)} for c in 1e20, 1e15, 1e-30, random phi (seed 3), gates (1, 1, 0)"
 
     def go() -> float:
         worst = 0.0

@@ -6,8 +6,9 @@ those that depart and the smallest input that shows each.
     python conformance/ports/regenerate.py --out /tmp/x.md --dtypes float64
 
 Each port runs in its own interpreter (``python -m hcref_conformance --backend FILE:port``); a port
-whose library is not installed is listed as such. The page holds no timings or dates, so it only
-changes when a verdict does.
+whose library is not installed is listed as such when writing elsewhere (``--out``); the committed
+page is rewritten only when every port runs (or with ``--allow-missing``), so no verdict is lost
+silently. The page holds no timings or dates.
 """
 
 from __future__ import annotations
@@ -105,12 +106,16 @@ NOT_INSTALLABLE = (
 """Every adapter the page covers."""
 
 
-def run_port(port: Port, dtypes: str, profile: str, tmp: str) -> dict[str, Any] | None:
-    """The port's JSON report, or ``None`` when its library is not installed."""
+def installed(port: Port) -> bool:
+    """Whether the port's library imports here."""
     import importlib.util
 
-    module = port.module or port.library.replace("-", "_")
-    if importlib.util.find_spec(module) is None:
+    return importlib.util.find_spec(port.module or port.library.replace("-", "_")) is not None
+
+
+def run_port(port: Port, dtypes: str, profile: str, tmp: str) -> dict[str, Any] | None:
+    """The port's JSON report, or ``None`` when its library is not installed."""
+    if not installed(port):
         return None
     report = os.path.join(tmp, f"{port.file}.{port.attr}.json")
     command = [sys.executable, "-m", "hcref_conformance", "--backend", os.path.join(HERE, port.file) + f":{port.attr}",
@@ -197,11 +202,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=DEFAULT_OUT)
     parser.add_argument("--dtypes", default="float64,float32")
     parser.add_argument("--profile", default="quick")
-    parser.add_argument("--only", default=None, help="comma-separated adapter files:attrs to run (others: not run)")
+    known = {f"{p.file}:{p.attr}": p for p in PORTS}
+    parser.add_argument("--only", default=None,
+                        help=f"comma-separated adapters to run (others: not run); known: {', '.join(known)}")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="rewrite the committed page even though some ports are not run (they lose their verdicts)")
     args = parser.parse_args(argv)
-    chosen = [p for p in PORTS if args.only is None or f"{p.file}:{p.attr}" in args.only.split(",")]
+    names = list(known) if args.only is None else [name.strip() for name in args.only.split(",")]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        parser.error(f"--only: unknown adapter(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    chosen = [known[name] for name in names]
+    missing = [port for port in PORTS if port not in chosen or not installed(port)]
+    if missing and os.path.abspath(args.out) == DEFAULT_OUT and not args.allow_missing:
+        listed = "\n".join(f"  {port.project}: {'not selected' if port not in chosen else port.install}"
+                           for port in missing)
+        print(f"not rewriting {args.out}: these ports would not run and their verdicts would be lost:\n{listed}\n"
+              "install them (mhc-mlx and mlx-mhc ship the same package name: one at a time, each with its own "
+              "--out), write elsewhere with --out, or pass --allow-missing", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory() as tmp:
         results = [(port, run_port(port, args.dtypes, args.profile, tmp)) for port in chosen]
+    for port, result in results:
+        if result is None:
+            print(f"warning: {port.project} is not installed here ({port.install}); listed as such", file=sys.stderr)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as handle:
         handle.write(render(results, args.dtypes, args.profile))
