@@ -123,6 +123,7 @@ def _spawned(rank: int, world: int, store: str, out: str, kwargs: dict[str, Any]
         losses = run(rank, world, **kwargs)
         if rank == 0:
             Path(out).write_text(json.dumps(losses))
+        dist.barrier()  # no rank tears gloo down while another still talks to it (an abort at exit otherwise)
     finally:
         dist.destroy_process_group()
 
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> list[float]:
         dist.init_process_group("gloo")
         try:
             losses = run(dist.get_rank(), dist.get_world_size(), args.mode, **kwargs)  # type: ignore[arg-type]
+            dist.barrier()
         finally:
             dist.destroy_process_group()
     else:
